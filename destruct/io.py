@@ -1,0 +1,148 @@
+"""Atomic, versioned artifact I/O (docs/FORMATS.md).
+
+Every file is written to a temporary name in the same folder and renamed over the target, so a
+killed run never leaves a half-written file that a later run trusts. Readers check the
+``format`` label and refuse an unknown format or version with a clear message.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from destruct.errors import UserError
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file + fsync + rename. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"disk full while writing {path}: free some space (df -h {path.parent}) and run "
+                "again; files already written are intact"
+            ) from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(
+                f"cannot write {path}: permission denied; choose a writable --out folder"
+            ) from None
+        raise
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def _unlink_quietly(p: str | os.PathLike) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def format_label(kind: str, version: int) -> str:
+    """``("sim", 1)`` -> ``"destruct.sim/1"``."""
+    return f"destruct.{kind}/{version}"
+
+
+def check_format(found: Any, expected: str, path: Path) -> None:
+    """Refuse a file whose format label is not ``expected`` (an unknown kind or version)."""
+    found = str(found)
+    if found == expected:
+        return
+    kind = expected.rsplit("/", 1)[0]
+    if found.rsplit("/", 1)[0] == kind:
+        raise UserError(
+            f"{path}: format {found!r} is not readable by this destruct (it reads {expected!r}); "
+            "re-run the stage that wrote it with --force, or use the destruct version that wrote it"
+        )
+    raise UserError(f"{path}: expected a {expected!r} file, found format {found!r}")
+
+
+def save_npz(path: str | os.PathLike, format: str, **arrays: Any) -> Path:
+    """Save arrays (no object arrays) plus the ``format`` label, atomically, uncompressed."""
+    buf = io.BytesIO()
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; store strings as a unicode array")
+    np.savez(buf, format=np.array(format), **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
+    """Load every array of an npz written by :func:`save_npz` and check its format label."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the stage that writes it first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is unreadable ({e}); re-run the stage that writes it with --force") from None
+    check_format(data.pop("format", "unlabelled"), format, path)
+    return data
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_json(path: str | os.PathLike, format: str | None = None) -> Any:
+    """Read JSON; with ``format``, check the object's ``"format"`` label."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run the stage that writes it first") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    if format is not None:
+        check_format(obj.get("format", "unlabelled") if isinstance(obj, dict) else "unlabelled", format, path)
+    return obj
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a uint8 (h, w), (h, w, 3) or (h, w, 4) image, or a uint16 (h, w) one, as PNG."""
+    import imageio.v3 as iio
+
+    return atomic_write_bytes(path, iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png"))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete temp files a killed run left behind under ``folder``. Returns how many."""
+    n = 0
+    for p in Path(folder).rglob(TMP_PREFIX + "*"):
+        if p.is_file():
+            _unlink_quietly(p)
+            n += 1
+    return n

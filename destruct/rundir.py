@@ -1,0 +1,67 @@
+"""The run directory and its manifest (DESIGN.md section 2).
+
+``manifest.json`` records the shot hash, package versions, backend, seed and, per stage, its
+status (done / skipped / failed), reason, inputs hash, seconds, frames done and figures. Every
+update happens under a file lock and re-reads the file first, so two ``--frames`` ranges can
+run at once on one run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from destruct.errors import UserError
+from destruct.io import load_json, save_json
+
+MANIFEST_FORMAT = "destruct.manifest/1"
+
+
+class RunDir:
+    """A run directory: paths inside it and locked manifest updates."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.manifest_path = self.root / "manifest.json"
+        self._lock = FileLock(str(self.root / ".manifest.lock"), timeout=120)
+
+    def path(self, *parts: str) -> Path:
+        """``root / parts``, with the parent folder created."""
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def check_writable_target(self) -> None:
+        """Refuse to write into a non-empty folder that holds no destruct manifest."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"output {self.root} exists and is not a folder; choose another --out")
+        if self.root.is_dir() and any(self.root.iterdir()) and not self.manifest_path.exists():
+            raise UserError(
+                f"output folder {self.root} is not empty and holds no destruct manifest; "
+                "destruct never writes into it: choose an empty or new --out folder"
+            )
+
+    def read(self) -> dict[str, Any]:
+        """The manifest, or an empty one when none exists yet."""
+        if not self.manifest_path.exists():
+            return {"format": MANIFEST_FORMAT, "stages": {}}
+        return load_json(self.manifest_path, MANIFEST_FORMAT)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[dict[str, Any]]:
+        """Lock, read, let the caller edit, write atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            m = self.read()
+            yield m
+            m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            save_json(self.manifest_path, m)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """The manifest entry of one stage (empty dict when it never ran)."""
+        return self.read().get("stages", {}).get(name, {})
