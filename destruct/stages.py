@@ -53,7 +53,7 @@ def entry_point(stage: Stage) -> Callable[[StageContext], dict[str, Any]]:
         if e.name and (module == e.name or module.startswith(e.name + ".")):
             raise StageNotBuilt(
                 f"stage {stage.value!r} is not built yet in this version of destruct; "
-                f"run the earlier stages with --stages, e.g. --stages prepare"
+                "the stages before it are complete (choose stages with --stages)"
             ) from None
         raise
     fn = getattr(mod, func, None)

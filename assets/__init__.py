@@ -1,0 +1,1 @@
+"""Bundled default shot(s), procedural presets and tiny fixtures; shipped as ``destruct.assets``."""

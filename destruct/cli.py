@@ -1,0 +1,223 @@
+"""The ``destruct`` command line (typer). DESIGN.md section 5.
+
+Exit codes: 0 success, 2 a user mistake (one clear message, no traceback), 3 a stage or command
+that is not built yet, 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from destruct.errors import DestructError, StageNotBuilt, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="destruct: simulate building destruction and refine it into photoreal frames.",
+)
+export_app = typer.Typer(no_args_is_help=True, help="Export a run to other tools.")
+models_app = typer.Typer(no_args_is_help=True, help="Diffusion weights in the local cache.")
+app.add_typer(export_app, name="export")
+app.add_typer(models_app, name="models")
+
+
+def _err(message: str) -> None:
+    for i, line in enumerate(message.splitlines()):
+        print(("error: " if i == 0 else "       ") + line, file=sys.stderr)
+
+
+@app.command()
+def run(
+    shot: Annotated[Optional[Path], typer.Argument(help="shot file (default: the bundled default shot)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="run folder (default renders/<shot name>)")] = None,
+    stages: Annotated[Optional[str], typer.Option("--stages", help="comma-separated: prepare,simulate,render,refine,encode")] = None,
+    frames: Annotated[Optional[str], typer.Option("--frames", help="frame range A:B, inclusive")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="auto, cpu or cuda (overrides sim.backend)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="run stages again even when up to date")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or stage lines")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the final manifest as JSON")] = False,
+) -> None:
+    """Run the pipeline on a shot (or the bundled default shot)."""
+    import destruct
+    from destruct.pipeline import run as run_pipeline
+
+    path = shot if shot is not None else destruct.default_shot_path()
+    s = destruct.load_shot(path)
+    quiet = quiet or as_json
+    log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
+    if quiet:
+        result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force, quiet=True, log=log)
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+            result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force,
+                                  quiet=False, progress=bar, log=bar.console.print)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    elif not quiet:
+        print(f"run folder: {result.run_dir}", file=sys.stderr)
+
+
+@app.command()
+def validate(
+    shot: Annotated[Path, typer.Argument(help="shot file to check")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the resolved shot as JSON")] = False,
+) -> None:
+    """Check a shot file: one line per problem, exit code 2 when there is any."""
+    import destruct
+
+    s = destruct.load_shot(shot)
+    if as_json:
+        print(json.dumps(s.to_dict(), indent=2))
+    else:
+        print(f"ok: {shot} (shot {s.shot.name!r}, {s.shot.frames} frames at {s.shot.fps:g} fps, "
+              f"{s.fracture.pieces} pieces, {len(s.charges)} charges)")
+
+
+@app.command()
+def info(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="the manifest as JSON")] = False,
+) -> None:
+    """Show a run's manifest: each stage's status, timing and figures."""
+    from destruct.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    if not rd.manifest_path.is_file():
+        raise UserError(f"{run_dir} holds no destruct manifest.json; give a run folder (e.g. renders/default)")
+    m = rd.read()
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{m.get('shot', '?')}  ({rd.root})")
+    for col in ("stage", "status", "seconds", "frames", "figures / reason"):
+        t.add_column(col)
+    for name, e in m.get("stages", {}).items():
+        figs = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("figures", {}).items())
+        t.add_row(name, e.get("status", ""), _fmt(e.get("seconds", "")), str(len(e.get("frames_done", [])) or ""),
+                  figs or e.get("reason", ""))
+    Console().print(t)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@app.command()
+def bench(
+    only: Annotated[Optional[str], typer.Option("--only", help="run benchmarks whose name contains this")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, a few minutes")] = False,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="repeats; the median is reported")] = 1,
+) -> None:
+    """Run the benchmark suite from a checkout (results in benchmarks/results/)."""
+    try:
+        from benchmarks.runner import main as bench_main
+    except ModuleNotFoundError:
+        raise StageNotBuilt(
+            "the benchmark suite lives in the source checkout (benchmarks/): run `destruct bench` "
+            "from the repository folder, e.g. git clone <repo> && cd destruct && make bench"
+        ) from None
+    bench_main(only=only, quick=quick, repeat=repeat)
+
+
+@export_app.command("usd")
+def export_usd(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="output .usdc (default RUN_DIR/scene.usdc)")] = None,
+) -> None:
+    """Write the animated pieces, debris and camera of a run as USD."""
+    try:
+        from destruct.usd import export_run
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("destruct"):
+            raise StageNotBuilt("USD export is not built yet in this version of destruct") from None
+        raise
+    path = export_run(run_dir, out)
+    print(f"wrote {path}")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="model set: sd15 or sdxl")],
+) -> None:
+    """Download a recommended model set into the Hugging Face cache (needs internet)."""
+    try:
+        from refine.models import pull
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("refine"):
+            raise StageNotBuilt("model management is not built yet in this version of destruct") from None
+        raise
+    pull(name)
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="as JSON")] = False,
+) -> None:
+    """List the recommended models and whether each is in the local cache."""
+    try:
+        from refine.models import list_models
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("refine"):
+            raise StageNotBuilt("model management is not built yet in this version of destruct") from None
+        raise
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print("  ".join(f"{k}={v}" for k, v in r.items()))
+
+
+@app.command()
+def wedge(
+    shot: Annotated[Path, typer.Argument(help="shot file")],
+    sets: Annotated[list[str], typer.Option("--set", help="key=v1,v2 (repeatable): cartesian product")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="wedge folder")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Ray address or 'auto'")] = None,
+) -> None:
+    """Run variants of a shot (the cartesian product of --set values) and a contact sheet."""
+    try:
+        from destruct.wedge import run_wedge
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("destruct"):
+            raise StageNotBuilt("wedges are not built yet in this version of destruct") from None
+        raise
+    run_wedge(shot, sets, out=out, ray_address=ray)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes print one clear message and exit 2, never a traceback."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except DestructError as e:
+        _err(str(e))
+        return e.exit_code
+    except click.exceptions.UsageError as e:
+        e.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted: finished frames are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

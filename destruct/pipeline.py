@@ -1,0 +1,224 @@
+"""Run the stages of a shot into a run directory (DESIGN.md section 2).
+
+Data flows one way through files. Each stage records in the manifest the hash of the inputs it
+used (the shot sections it reads plus its upstream stage's hash); a stage is skipped when it is
+``done`` with the same inputs hash (unless ``force``), runs again when its inputs changed, and a
+``skipped`` stage (e.g. no weights) is tried again on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from destruct.errors import DestructError, StageSkipped, UserError
+from destruct.io import atomic_write_bytes, remove_stale_temps
+from destruct.rundir import MANIFEST_FORMAT, RunDir
+from destruct.shot import Shot
+from destruct.stages import PER_FRAME, Stage, StageContext, entry_point
+
+ORDER = list(Stage)
+
+#: Shot sections each stage reads; its inputs hash also covers the upstream stage's hash.
+SECTIONS: dict[Stage, tuple[str, ...]] = {
+    Stage.PREPARE: ("building", "materials", "fracture", "charges", "seed", "anchor"),
+    Stage.SIMULATE: ("materials", "charges", "regions", "impactors", "sim", "debris", "shot"),
+    Stage.RENDER: ("camera", "render", "shot"),
+    Stage.REFINE: ("refine", "shot"),
+    Stage.ENCODE: ("shot",),
+}
+UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
+    Stage.PREPARE: (),
+    Stage.SIMULATE: (Stage.PREPARE,),
+    Stage.RENDER: (Stage.PREPARE, Stage.SIMULATE),
+    Stage.REFINE: (Stage.RENDER,),
+    Stage.ENCODE: (Stage.RENDER,),
+}
+PACKAGES = ("destruct", "numpy", "taichi", "trimesh", "manifold3d", "pyrender2", "torch", "diffusers")
+
+
+def inputs_hash(shot: Shot, stage: Stage) -> str:
+    """Hash of what a stage reads: its shot sections and, recursively, its upstream stages."""
+    d = shot.to_dict()
+    parts: dict[str, Any] = {}
+    for s in SECTIONS[stage]:
+        if s == "seed":
+            parts[s] = shot.shot.seed
+        elif s == "anchor":
+            parts[s] = shot.sim.anchor_to_ground
+        else:
+            parts[s] = d.get(s)
+    parts["upstream"] = [inputs_hash(shot, u) for u in UPSTREAM[stage]]
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_stages(text: str | None) -> list[Stage]:
+    """``"render,encode"`` -> stages in pipeline order; None -> all."""
+    if not text:
+        return list(ORDER)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    allowed = [s.value for s in ORDER]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise UserError(f"--stages {text!r}: unknown stage {', '.join(bad) or '(none)'}; allowed: {','.join(allowed)}")
+    return [s for s in ORDER if s.value in names]
+
+
+def parse_frames(text: str | None, shot: Shot) -> list[int]:
+    """``"1001:1010"`` (inclusive) -> frame numbers inside the shot; None -> all frames."""
+    all_frames = shot.frame_numbers()
+    if not text:
+        return all_frames
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UserError(f"--frames {text!r}: use A:B with whole frame numbers, e.g. 1001:1024") from None
+    lo, hi = all_frames[0], all_frames[-1]
+    if a > b or a < lo or b > hi:
+        raise UserError(f"--frames {text!r}: must be a range A <= B inside the shot's frames {lo}:{hi}")
+    return list(range(a, b + 1))
+
+
+def default_out(shot: Shot) -> Path:
+    """Run folder: shot.output.dir, else renders/<name>, relative to the current directory."""
+    return Path(shot.output.dir) if shot.output.dir else Path("renders") / shot.shot.name
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class RunResult:
+    """What a run did: the run folder, the final manifest and the exit code it implies."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    ran: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+def run(
+    shot: Shot,
+    out: str | Path | None = None,
+    stages: list[Stage] | str | None = None,
+    *,
+    frames: str | list[int] | None = None,
+    backend: str | None = None,
+    force: bool = False,
+    quiet: bool = True,
+    progress: Any = None,
+    log: Any = None,
+) -> RunResult:
+    """Run ``stages`` (default: all) of ``shot`` into ``out`` (default renders/<name>)."""
+    if isinstance(stages, str) or stages is None:
+        stages = parse_stages(stages)
+    frame_list = frames if isinstance(frames, list) else parse_frames(frames, shot)
+    backend = backend or shot.sim.backend
+    if backend not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--backend {backend!r}: allowed: auto, cpu, cuda")
+    rd = RunDir(out if out is not None else default_out(shot))
+    rd.check_writable_target()
+    rd.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(rd.root)
+    say = log or (lambda msg: None)
+
+    with rd.update() as m:
+        m["format"] = MANIFEST_FORMAT
+        m["shot"] = shot.shot.name
+        m["shot_hash"] = shot.hash()
+        m["seed"] = shot.shot.seed
+        m["backend"] = backend
+        m["frames"] = [shot.frame_numbers()[0], shot.frame_numbers()[-1]]
+        m["versions"] = _versions()
+        m.setdefault("stages", {})
+    atomic_write_bytes(rd.path("shot.toml"), shot.to_toml().encode())
+
+    result = RunResult(rd.root, {})
+    for stage in stages:
+        code = _run_stage(shot, rd, stage, stages, frame_list, backend, force, quiet, progress, say)
+        if code:
+            result.ran.append(stage.value)
+    result.manifest = rd.read()
+    return result
+
+
+def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say) -> bool:
+    """Run one stage if needed. Returns True when it ran."""
+    name = stage.value
+    h = inputs_hash(shot, stage)
+    entry = rd.stage(name)
+    for up in UPSTREAM[stage]:
+        if up in requested:
+            continue
+        ue = rd.stage(up.value)
+        if ue.get("status") not in ("done", "partial") or ue.get("inputs_hash") != inputs_hash(shot, up):
+            raise UserError(
+                f"stage {name!r} needs {up.value!r} done for this shot first "
+                f"(it is {ue.get('status', 'not run')}{', for other inputs' if ue.get('status') == 'done' else ''}); "
+                f"run: destruct run SHOT --stages {up.value},{name}"
+            )
+    if stage is Stage.REFINE and not shot.refine.enabled:
+        _record(rd, name, status="skipped", reason="refine.enabled = false in the shot", inputs_hash=h)
+        say(f"{name}: skipped (disabled in the shot)")
+        return False
+    fn = entry_point(stage)
+    stage_frames = frame_list if stage in PER_FRAME else shot.frame_numbers()
+    same_inputs = entry.get("inputs_hash") == h
+    if not same_inputs or force:
+        with rd.update() as m:
+            m["stages"][name] = {"status": "running", "inputs_hash": h, "frames_done": []}
+    elif entry.get("status") == "done" and (
+        stage not in PER_FRAME or set(stage_frames) <= set(entry.get("frames_done", []))
+    ):
+        say(f"{name}: up to date")
+        return False
+
+    ctx = StageContext(shot=shot, run=rd, stage=stage, frames=stage_frames, backend=backend,
+                       force=force, quiet=quiet, _progress=progress)
+    say(f"{name}: running")
+    t0 = time.perf_counter()
+    try:
+        figures = fn(ctx) or {}
+    except StageSkipped as e:
+        _record(rd, name, status="skipped", reason=e.reason, inputs_hash=h, seconds=time.perf_counter() - t0)
+        say(f"{name}: skipped: {e.reason}")
+        return True
+    except DestructError as e:
+        _record(rd, name, status="failed", reason=str(e).splitlines()[0], inputs_hash=h)
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        _record(rd, name, status="failed", reason=f"{type(e).__name__}: {e}", inputs_hash=h)
+        raise
+    seconds = time.perf_counter() - t0
+    with rd.update() as m:
+        e = m["stages"].setdefault(name, {})
+        done = set(e.get("frames_done", []))
+        complete = stage not in PER_FRAME or set(shot.frame_numbers()) <= done
+        e.update(status="done" if complete else "partial", inputs_hash=h, reason="",
+                 seconds=round(seconds + (e.get("seconds", 0.0) if stage in PER_FRAME and same_inputs else 0.0), 3))
+        e["figures"] = {**e.get("figures", {}), **figures}
+    say(f"{name}: {'done' if complete else 'partial'} in {seconds:.1f} s")
+    return True
+
+
+def _record(rd: RunDir, name: str, **fields: Any) -> None:
+    with rd.update() as m:
+        e = m["stages"].setdefault(name, {})
+        e.update(fields)
+        if "seconds" in e:
+            e["seconds"] = round(e["seconds"], 3)

@@ -1,0 +1,48 @@
+"""Atomic, versioned artifact I/O."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from destruct.errors import UserError
+from destruct.io import TMP_PREFIX, load_json, load_npz, remove_stale_temps, save_json, save_npz
+
+
+def test_npz_round_trip_is_exact_and_labelled(tmp_path):
+    a = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    names = np.array(["column_00.piece_0000", "slab_01.piece_0001"])
+    save_npz(tmp_path / "x.npz", "destruct.sim/1", a=a, names=names)
+    d = load_npz(tmp_path / "x.npz", "destruct.sim/1")
+    assert np.array_equal(d["a"], a) and d["a"].dtype == np.float32
+    assert d["names"].tolist() == names.tolist() and "format" not in d
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_unknown_version_and_kind_are_refused(tmp_path):
+    save_npz(tmp_path / "x.npz", "destruct.sim/9", a=np.zeros(1))
+    with pytest.raises(UserError, match="format 'destruct.sim/9' is not readable"):
+        load_npz(tmp_path / "x.npz", "destruct.sim/1")
+    with pytest.raises(UserError, match="expected a 'destruct.pieces/1' file"):
+        load_npz(tmp_path / "x.npz", "destruct.pieces/1")
+    with pytest.raises(UserError, match="is missing"):
+        load_npz(tmp_path / "nope.npz", "destruct.sim/1")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="unreadable"):
+        load_npz(tmp_path / "bad.npz", "destruct.sim/1")
+
+
+def test_object_arrays_are_never_written(tmp_path):
+    with pytest.raises(TypeError, match="dtype object"):
+        save_npz(tmp_path / "x.npz", "destruct.sim/1", a=np.array([{"a": 1}], dtype=object))
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_json_round_trip_and_stale_temps(tmp_path):
+    save_json(tmp_path / "f.json", {"format": "destruct.fracture/1", "n": np.int64(3)})
+    assert load_json(tmp_path / "f.json", "destruct.fracture/1")["n"] == 3
+    (tmp_path / f"{TMP_PREFIX}f.json.abc").write_text("half")
+    assert remove_stale_temps(tmp_path) == 1
+    assert sorted(os.listdir(tmp_path)) == ["f.json"]

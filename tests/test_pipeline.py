@@ -1,0 +1,172 @@
+"""The run directory: manifest, resume, inputs hashes, skipped stages, exit codes (DESIGN.md 2).
+
+The stages here are small stand-ins registered in place of the real ones, so these tests check
+the orchestration alone; each real stage has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import destruct
+from destruct import stages as stage_registry
+from destruct.errors import StageNotBuilt, StageSkipped, UserError
+from destruct.io import load_npz, save_npz
+from destruct.pipeline import run
+from destruct.shot import shot_from_dict
+from destruct.stages import Stage
+
+from conftest import run_cli
+
+CALLS: list[str] = []
+
+
+def fake_prepare(ctx):
+    CALLS.append("prepare")
+    save_npz(ctx.path("fracture", "pieces.npz"), "destruct.pieces/1", n=np.array(ctx.shot.fracture.pieces))
+    return {"pieces": ctx.shot.fracture.pieces}
+
+
+def fake_simulate(ctx):
+    CALLS.append("simulate")
+    n = int(load_npz(ctx.path("fracture", "pieces.npz"), "destruct.pieces/1")["n"])
+    for f in ctx.frames:
+        save_npz(ctx.path("sim", f"frame.{f:04d}.npz"), "destruct.sim/1", y=np.full(n, f, np.float32))
+    return {"bonds_broken": 0}
+
+
+def fake_render(ctx):
+    for f in ctx.frames_todo():
+        CALLS.append(f"render {f}")
+        y = load_npz(ctx.path("sim", f"frame.{f:04d}.npz"), "destruct.sim/1")["y"]
+        ctx.path("passes", f"{f}.txt").write_text(str(float(y.sum())))
+        ctx.frame_done(f)
+    return {}
+
+
+def fake_refine(ctx):
+    CALLS.append("refine")
+    raise StageSkipped("no weights: run `destruct models pull sd15`")
+
+
+def fake_encode(ctx):
+    CALLS.append("encode")
+    return {"frames": len(list(ctx.path("passes").glob("*.txt")))}
+
+
+@pytest.fixture(autouse=True)
+def fake_stages(monkeypatch):
+    monkeypatch.setattr(stage_registry, "ENTRY_POINTS", {
+        Stage.PREPARE: "test_pipeline:fake_prepare",
+        Stage.SIMULATE: "test_pipeline:fake_simulate",
+        Stage.RENDER: "test_pipeline:fake_render",
+        Stage.REFINE: "test_pipeline:fake_refine",
+        Stage.ENCODE: "test_pipeline:fake_encode",
+    })
+    CALLS.clear()
+
+
+def small(**over):
+    d = {"shot": {"name": "t", "frames": 4, "start_frame": 1}, "fracture": {"pieces": 5}}
+    for k, v in over.items():
+        d.setdefault(k, {}).update(v)
+    return shot_from_dict(d)
+
+
+def test_full_run_writes_manifest_with_design_keys(tmp_path):
+    r = run(small(), tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["format"] == "destruct.manifest/1" and m["seed"] == 0 and m["backend"] == "auto"
+    assert set(m) >= {"shot_hash", "versions", "stages"}
+    st = m["stages"]
+    assert st["prepare"]["status"] == "done" and st["prepare"]["figures"] == {"pieces": 5}
+    assert st["render"]["frames_done"] == [1, 2, 3, 4]
+    assert st["refine"]["status"] == "skipped" and "destruct models pull" in st["refine"]["reason"]
+    assert st["encode"]["figures"] == {"frames": 4}
+    for e in st.values():
+        assert {"status", "inputs_hash"} <= set(e)
+    assert (tmp_path / "run" / "shot.toml").is_file() and r.manifest == m
+
+
+def test_second_run_skips_done_stages_and_retries_skipped(tmp_path):
+    run(small(), tmp_path)
+    CALLS.clear()
+    run(small(), tmp_path)
+    assert CALLS == ["refine"]
+
+
+def test_changed_inputs_rerun_the_stage_and_downstream_only(tmp_path):
+    run(small(), tmp_path)
+    CALLS.clear()
+    run(small(camera={"focal_mm": 50.0}), tmp_path)
+    assert CALLS == ["render 1", "render 2", "render 3", "render 4", "refine", "encode"]
+    CALLS.clear()
+    run(small(fracture={"pieces": 6}), tmp_path)
+    assert CALLS[:2] == ["prepare", "simulate"]
+
+
+def test_force_reruns(tmp_path):
+    run(small(), tmp_path)
+    CALLS.clear()
+    run(small(), tmp_path, "prepare", force=True)
+    assert CALLS == ["prepare"]
+
+
+def test_frame_ranges_resume_per_frame(tmp_path):
+    run(small(), tmp_path, "prepare,simulate")
+    CALLS.clear()
+    r = run(small(), tmp_path, "render", frames="2:3")
+    assert CALLS == ["render 2", "render 3"]
+    assert r.manifest["stages"]["render"]["status"] == "partial"
+    CALLS.clear()
+    r = run(small(), tmp_path, "render")
+    assert CALLS == ["render 1", "render 4"] and r.manifest["stages"]["render"]["status"] == "done"
+
+
+def test_stage_alone_needs_its_upstream(tmp_path):
+    with pytest.raises(UserError, match="needs 'prepare' done"):
+        run(small(), tmp_path, "simulate")
+
+
+def test_bad_flags(tmp_path):
+    with pytest.raises(UserError, match="unknown stage xray"):
+        run(small(), tmp_path, "prepare,xray")
+    with pytest.raises(UserError, match="inside the shot's frames 1:4"):
+        run(small(), tmp_path, frames="0:9")
+    with pytest.raises(UserError, match="use A:B"):
+        run(small(), tmp_path, frames="a-b")
+
+
+def test_never_writes_into_a_foreign_folder(tmp_path):
+    (tmp_path / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(UserError, match="holds no destruct manifest"):
+        run(small(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.jpg"]
+
+
+def test_stage_not_built_exits_3(tmp_path, monkeypatch):
+    monkeypatch.setitem(stage_registry.ENTRY_POINTS, Stage.RENDER, "destruct.not_a_module:run_render")
+    with pytest.raises(StageNotBuilt, match="'render' is not built yet"):
+        run(small(), tmp_path)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["stages"]["simulate"]["status"] == "done" and "render" not in m["stages"]
+
+
+def test_info_json_prints_manifest(tmp_path):
+    run(small(), tmp_path / "run")
+    r = run_cli("info", tmp_path / "run", "--json")
+    assert r.returncode == 0
+    info = json.loads(r.stdout)
+    assert info["stages"]["prepare"]["figures"]["pieces"] == 5
+    assert info["stages"]["refine"]["status"] == "skipped"
+    r = run_cli("info", tmp_path / "nothing")
+    assert r.returncode == 2 and "holds no destruct manifest.json" in r.stderr
+
+
+def test_python_api_run_matches_cli_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = destruct.run(small(), stages="prepare")
+    assert r.run_dir == (tmp_path / "renders" / "t").resolve()
