@@ -175,6 +175,8 @@ class Camera(_Section):
     )
     keys: list[CameraKey] = Field(default_factory=list, description="keyframes, interpolated between")
     shake: float = Field(0.0, ge=0, le=10, description="shake amplitude driven by the charges [m]")
+    usd: str | None = Field(None, description="matchmoved USD camera (replaces position/look_at/keys), relative to the shot file")
+    usd_prim: str | None = Field(None, description="prim path of the camera in `usd` (default: the first camera)")
 
     @model_validator(mode="after")
     def _check(self) -> Camera:
@@ -421,6 +423,8 @@ def _resolve_paths(shot: Shot, base: Path, source: str) -> None:
         if p.suffix.lower() not in MESH_SUFFIXES:
             raise UserError(f"{source}: building.mesh = {b.mesh!r}: unsupported type {p.suffix!r}; use one of {', '.join(MESH_SUFFIXES)}")
         b.mesh = str(p)
+    if shot.camera.usd is not None:
+        shot.camera.usd = str(_resolve_file(base, shot.camera.usd, "camera.usd", source))
     if shot.render.plate is not None:
         pattern = shot.render.plate
         if "#" not in pattern:
