@@ -188,17 +188,15 @@ def models_list(
 def wedge(
     shot: Annotated[Path, typer.Argument(help="shot file")],
     sets: Annotated[list[str], typer.Option("--set", help="key=v1,v2 (repeatable): cartesian product")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="wedge folder")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Ray address or 'auto'")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="wedge folder (default renders/<shot>_wedge)")] = None,
+    stages: Annotated[Optional[str], typer.Option("--stages", help="stages to run per variant (default all)")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Ray address, 'auto' or 'local'")] = None,
 ) -> None:
     """Run variants of a shot (the cartesian product of --set values) and a contact sheet."""
-    try:
-        from destruct.wedge import run_wedge
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("destruct"):
-            raise StageNotBuilt("wedges are not built yet in this version of destruct") from None
-        raise
-    run_wedge(shot, sets, out=out, ray_address=ray)
+    from destruct.wedge import run_wedge
+
+    index = run_wedge(shot, sets, out=out, stages=stages, ray_address=ray)
+    print(f"wedge: {len(index['variants'])} variants, index.json and contact_sheet.png in {index['folder']}")
 
 
 def main(argv: list[str] | None = None) -> int:
