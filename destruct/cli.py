@@ -125,13 +125,18 @@ def bench(
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="repeats; the median is reported")] = 1,
 ) -> None:
     """Run the benchmark suite from a checkout (results in benchmarks/results/)."""
-    try:
-        from benchmarks.runner import main as bench_main
-    except ModuleNotFoundError:
-        raise StageNotBuilt(
-            "the benchmark suite lives in the source checkout (benchmarks/): run `destruct bench` "
-            "from the repository folder, e.g. git clone <repo> && cd destruct && make bench"
-        ) from None
+    import destruct
+
+    roots = [Path.cwd(), Path(destruct.__file__).resolve().parents[1]]
+    root = next((r for r in roots if (r / "benchmarks" / "runner.py").is_file()), None)
+    if root is None:
+        raise UserError(
+            "the benchmark suite lives in the source checkout (benchmarks/), not in the installed "
+            "package: clone the destruct repository and run `destruct bench` (or `make bench`) in it"
+        )
+    sys.path.insert(0, str(root))
+    from benchmarks.runner import main as bench_main
+
     bench_main(only=only, quick=quick, repeat=repeat)
 
 
