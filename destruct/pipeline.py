@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from destruct import resources
 from destruct.errors import DestructError, StageSkipped, UserError
 from destruct.io import atomic_write_bytes, remove_stale_temps
 from destruct.rundir import MANIFEST_FORMAT, RunDir
@@ -175,6 +176,7 @@ def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, pr
         say(f"{name}: skipped (disabled in the shot)")
         return False
     fn = entry_point(stage)
+    resources.check(shot, stage)
     stage_frames = frame_list if stage in PER_FRAME else shot.frame_numbers()
     same_inputs = entry.get("inputs_hash") == h
     if not same_inputs or force:
