@@ -1,0 +1,285 @@
+"""The ``render`` stage (DESIGN.md sections 3 and 7): fracture/ + sim/ -> passes/.
+
+Per frame ``f``: ``passes/<shot>.<f:04d>.exr`` (every layer, Cryptomatte) and
+``passes/{beauty,depth,normal,seg}/<shot>.<f:04d>.png`` (ControlNet-ready, through
+:mod:`refine.conditioning`). Depth, normal, id, seg, motion and occlusion come from the exact
+rasteriser (:mod:`destruct.render.raster`); the beauty from pyrender (:mod:`destruct.render.gl`).
+Frames already done are skipped; the next frame's raster is reused when frames run in order.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from destruct.errors import UserError
+from destruct.io import load_npz, save_json, save_png
+
+__all__ = ["RenderSetup", "load_plate", "run_render"]
+
+SIM_FORMAT = "destruct.sim/1"
+PIECES_FORMAT = "destruct.pieces/1"
+#: The ground square is at least this many metres across each way from the building's centre,
+#: and at least this many times the building's size.
+GROUND_MIN_HALF = 200.0
+GROUND_SCALE = 5.0
+
+
+def sim_path(run_dir: Path, frame: int) -> Path:
+    return Path(run_dir) / "sim" / f"frame.{frame:04d}.npz"
+
+
+def load_plate(pattern: str, frame: int, width: int, height: int) -> np.ndarray:
+    """The background plate of ``frame`` (``####`` = frame number) as scene-linear (h, w, 3)."""
+    import imageio.v3 as iio
+
+    from destruct.render.passes import srgb_to_linear
+
+    path = Path(re.sub(r"#+", lambda m: f"{frame:0{len(m.group())}d}", pattern))
+    if not path.is_file():
+        raise UserError(
+            f"render.plate: {path} (frame {frame}) is missing; every rendered frame needs its plate"
+        )
+    img = np.asarray(iio.imread(path))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    img = img[..., :3]
+    if img.shape[:2] != (height, width):
+        raise UserError(
+            f"render.plate: {path} is {img.shape[1]}x{img.shape[0]}, the camera renders {width}x{height}; "
+            "resize the plates or set camera.resolution to match"
+        )
+    if img.dtype == np.uint8:
+        return srgb_to_linear(img / np.float32(255.0))
+    if img.dtype == np.uint16:
+        return srgb_to_linear(img / np.float32(65535.0))
+    return img.astype(np.float32)  # float images (EXR) are scene-linear already
+
+
+class RenderSetup:
+    """What every frame of a run shares: meshes, cameras, depth range, ground, body count."""
+
+    def __init__(self, shot: Any, run_dir: Path):
+        from destruct.camera import camera_at, shake_events
+        from destruct.render.passes import Ground
+        from destruct.render.scene import PieceMesh, material_looks
+        from refine.conditioning import bounds_corners, depth_range
+
+        self.shot = shot
+        self.run_dir = Path(run_dir)
+        pieces = load_npz(self.run_dir / "fracture" / "pieces.npz", PIECES_FORMAT)
+        looks = material_looks(pieces["material_names"], shot.materials)
+        self.mesh = PieceMesh(pieces, looks)
+        self.material_names = [str(n) for n in pieces["material_names"]]
+        s = shot.shot
+        self.frames_all = list(range(s.start_frame, s.start_frame + s.frames))
+        ts = float(shot.sim.time_scale)
+        charges = [
+            {"time": c.time / ts, "position": c.position, "impulse": c.impulse}
+            for c in shot.charges
+        ]
+        events = shake_events(charges, shot.camera.position)
+        self.cameras = {
+            f: camera_at(shot.camera, f, s.start_frame, s.fps, events) for f in self.frames_all
+        }
+        # bounds of everything that moves, over the whole simulation (every frame and farm chunk agree)
+        lo, hi, max_rubble = np.full(3, np.inf), np.full(3, -np.inf), -1
+        for f in self.frames_all:
+            p = sim_path(self.run_dir, f)
+            if not p.is_file():
+                raise UserError(f"{p} is missing: run the simulate stage first (--stages simulate)")
+            d = load_npz(p, SIM_FORMAT)
+            pos = d["position"].astype(np.float64)
+            lo = np.minimum(lo, (pos - self.mesh.radius[:, None]).min(axis=0))
+            hi = np.maximum(hi, (pos + self.mesh.radius[:, None]).max(axis=0))
+            if len(d.get("rubble_id", ())):
+                rp, rr = d["rubble_position"].astype(np.float64), d["rubble_radius"][:, None]
+                lo, hi = (
+                    np.minimum(lo, (rp - rr).min(axis=0)),
+                    np.maximum(hi, (rp + rr).max(axis=0)),
+                )
+                max_rubble = max(max_rubble, int(d["rubble_id"].max()))
+        self.bounds = (lo, hi)
+        self.n_bodies = self.mesh.n_pieces + max_rubble + 1
+        self.near, self.far = depth_range(
+            bounds_corners(lo, hi), [c.view_matrix() for c in self.cameras.values()]
+        )
+        self.ground = Ground()
+        if shot.sim.ground:
+            size = float(np.max(hi - lo))
+            centre = (lo + hi) / 2
+            self.ground = Ground(
+                max(GROUND_MIN_HALF, GROUND_SCALE * size), (float(centre[0]), float(centre[2]))
+            )
+        # GL clip range: everything from the near clip to the ground's far corner
+        reach = max(
+            np.linalg.norm(c.position - np.array([self.ground.center[0], 0, self.ground.center[1]]))
+            for c in self.cameras.values()
+        )
+        self.gl_far = float(max(self.far, reach + 1.5 * self.ground.half_size) * 1.01)
+        self.names = self.mesh.names + [f"rubble.{k:06d}" for k in range(max_rubble + 1)]
+        from refine.conditioning import ADE20K_DUST, ADE20K_GROUND, ADE20K_SKY
+
+        self.classes = (ADE20K_SKY, ADE20K_GROUND, ADE20K_DUST)
+
+    def load(self, frame: int):
+        """(bodies, dust) of a sim frame."""
+        from destruct.render.scene import bodies_from_sim
+
+        d = load_npz(sim_path(self.run_dir, frame), SIM_FORMAT)
+        dust = None
+        if len(d.get("dust_position", ())):
+            dust = (d["dust_position"], d["dust_radius"], d["dust_alpha"])
+        return bodies_from_sim(d, self.mesh.n_pieces, self.n_bodies), dust
+
+
+def write_frame(
+    out_dir: Path,
+    shot_name: str,
+    frame: int,
+    p: dict[str, np.ndarray],
+    passes: list[str],
+    *,
+    exr: bool,
+    png: bool,
+    near: float,
+    far: float,
+    names: list[str],
+) -> None:
+    """The EXR and PNGs of one frame (each written atomically)."""
+    from destruct.render.exr import write_exr
+    from destruct.render.passes import linear_to_srgb
+    from refine.conditioning import depth_to_control, normal_to_control, seg_to_control, to_uint8
+
+    stem = f"{shot_name}.{frame:04d}"
+    if exr:
+        layers: dict[str, np.ndarray] = {}
+        if "beauty" in passes:
+            for i, c in enumerate("RGB"):
+                layers[c] = p["beauty"][..., i].astype(np.float16)
+            layers["A"] = p["alpha"].astype(np.float16)
+        if "depth" in passes:
+            layers["depth.Z"] = p["depth"].astype(np.float32)
+        if "normal" in passes:
+            for i, c in enumerate("XYZ"):
+                layers[f"N.{c}"] = p["normal"][..., i]
+        if "motion" in passes:
+            for key in ("motion", "back"):
+                layers[f"{key}.X"] = p[key][..., 0]
+                layers[f"{key}.Y"] = p[key][..., 1]
+        if "occlusion" in passes:
+            layers["occlusion.Y"] = p["occlusion"]
+        crypto = None
+        if "id" in passes:
+            layers["id"] = p["id"]
+            crypto = (p["id"], names)
+        write_exr(
+            out_dir / f"{stem}.exr",
+            layers,
+            cryptomatte=crypto,
+            attributes={"destruct/frame": str(frame), "destruct/depth_range": f"{near} {far}"},
+        )
+    if png:
+        if "beauty" in passes:
+            save_png(out_dir / "beauty" / f"{stem}.png", to_uint8(linear_to_srgb(p["beauty"])))
+        if "depth" in passes:
+            save_png(
+                out_dir / "depth" / f"{stem}.png", to_uint8(depth_to_control(p["depth"], near, far))
+            )
+        if "normal" in passes:
+            mask = np.isfinite(p["depth"])
+            save_png(
+                out_dir / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
+            )
+        if "seg" in passes:
+            save_png(out_dir / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
+
+
+def run_render(ctx) -> dict[str, Any]:
+    """Render every frame of ``ctx.frames_todo()`` into ``passes/``; figures for the manifest."""
+    from destruct.render.gl import GLRenderer
+    from destruct.render.passes import frame_passes, raster_frame
+
+    shot = ctx.shot
+    todo = ctx.frames_todo()
+    setup = RenderSetup(shot, ctx.run_dir)
+    out_dir = ctx.path("passes", "x").parent
+    save_json(
+        out_dir / "depth_range.json",
+        {"format": "destruct.depthrange/1", "near": setup.near, "far": setup.far},
+    )
+    figures: dict[str, Any] = {
+        "near": round(setup.near, 4),
+        "far": round(setup.far, 4),
+        "resolution": list(shot.camera.resolution),
+        "frames_rendered": 0,
+    }
+    if not todo:
+        return figures
+    passes = list(shot.render.passes)
+    cam0 = setup.cameras[todo[0]]
+    gl = GLRenderer(
+        cam0.width,
+        cam0.height,
+        ground_half_size=setup.ground.half_size,
+        ground_center=setup.ground.center,
+    )
+    plate = shot.render.plate
+    last = setup.frames_all[-1]
+    cache: dict[int, Any] = {}
+
+    def raster(f: int):
+        if f not in cache:
+            bodies, dust = setup.load(f)
+            mesh = setup.mesh.pose(bodies)
+            cache[f] = (raster_frame(mesh, bodies, setup.cameras[f], setup.ground), dust)
+        return cache[f]
+
+    t0 = time.perf_counter()
+    try:
+        with ctx.progress(len(todo), "render") as bar:
+            for f in todo:
+                r, dust = raster(f)
+                nxt = raster(f + 1)[0] if f < last else None
+                prev = None
+                if f > setup.frames_all[0]:
+                    prev = (
+                        setup.cameras[f - 1],
+                        cache[f - 1][0].bodies if f - 1 in cache else setup.load(f - 1)[0],
+                    )
+                bg = load_plate(plate, f, cam0.width, cam0.height) if plate else None
+                rgba = (
+                    gl.render(r.mesh, r.cam, 0.05, setup.gl_far, plate=bg is not None)
+                    if "beauty" in passes
+                    else None
+                )
+                p = frame_passes(
+                    r, nxt=nxt, prev=prev, gl_rgba=rgba, plate=bg, dust=dust, classes=setup.classes
+                )
+                write_frame(
+                    out_dir,
+                    shot.shot.name,
+                    f,
+                    p,
+                    passes,
+                    exr=shot.render.exr,
+                    png=shot.render.png,
+                    near=setup.near,
+                    far=setup.far,
+                    names=setup.names,
+                )
+                ctx.frame_done(f)
+                for k in [k for k in cache if k < f]:
+                    del cache[k]
+                figures["frames_rendered"] += 1
+                bar.advance()
+    finally:
+        gl.close()
+    figures["seconds_per_frame"] = round(
+        (time.perf_counter() - t0) / max(figures["frames_rendered"], 1), 3
+    )
+    return figures

@@ -1,0 +1,94 @@
+"""Multi-layer EXR frames (DESIGN.md section 3), written atomically.
+
+Channel names: ``R,G,B,A`` (half, scene-linear beauty), ``depth.Z`` (float, metres, background
+inf), ``N.X,N.Y,N.Z``, ``motion.X,motion.Y``, ``back.X,back.Y``, ``occlusion.Y`` (float), ``id``
+(uint32) and the Cryptomatte layer (:mod:`destruct.render.cryptomatte`). The header says the
+pixels are scene-linear Rec.709 (``chromaticities``). The pixel type of each channel follows
+the array's dtype: float16 -> HALF, float32 -> FLOAT, uint32 -> UINT.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from destruct.errors import UserError
+from destruct.io import atomic_write_bytes
+
+#: Rec.709 / sRGB primaries and D65 white: red xy, green xy, blue xy, white xy.
+REC709_CHROMATICITIES = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
+_DTYPES = (np.float16, np.float32, np.uint32)
+
+
+def write_exr(
+    path: str | os.PathLike,
+    layers: dict[str, np.ndarray],
+    *,
+    cryptomatte: tuple[np.ndarray, Sequence[str]] | None = None,
+    attributes: dict[str, object] | None = None,
+) -> Path:
+    """Write one single-part scanline EXR (ZIP compressed) through a temp file + rename.
+
+    layers: channel name -> (h, w) array of float16, float32 or uint32. cryptomatte: (ids
+    (h, w) uint32, names) where id ``i`` is ``names[i - 1]``; adds the CryptoObject layer and
+    its manifest. attributes: extra header entries (strings, numbers).
+    """
+    import OpenEXR
+
+    from destruct.render.cryptomatte import cryptomatte_channels
+
+    channels: dict[str, np.ndarray] = {}
+    shape = None
+    for name, arr in layers.items():
+        a = np.ascontiguousarray(arr)
+        if a.dtype.type not in _DTYPES:
+            raise TypeError(
+                f"EXR channel {name!r}: dtype {a.dtype} is not float16, float32 or uint32"
+            )
+        if a.ndim != 2 or (shape is not None and a.shape != shape):
+            raise ValueError(f"EXR channel {name!r}: shape {a.shape}, expected 2-D {shape or ''}")
+        shape = a.shape
+        channels[name] = a
+    header: dict[str, object] = {
+        "compression": OpenEXR.ZIP_COMPRESSION,
+        "type": OpenEXR.scanlineimage,
+        "chromaticities": REC709_CHROMATICITIES,
+    }
+    if cryptomatte is not None:
+        cchan, chead = cryptomatte_channels(*cryptomatte)
+        channels.update(cchan)
+        header.update(chead)
+    header.update(attributes or {})
+    buf = io.BytesIO()
+    OpenEXR.File(header, channels).write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_exr(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every channel of an EXR as (h, w) arrays (float16, float32 or uint32)."""
+    return _open(path)[1]
+
+
+def read_exr_header(path: str | os.PathLike) -> dict[str, object]:
+    """The EXR header (chromaticities, Cryptomatte attributes, ...)."""
+    return _open(path, header_only=True)[0]
+
+
+def _open(path: str | os.PathLike, header_only: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    import OpenEXR
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the render stage first")
+    try:
+        f = OpenEXR.File(str(path), separate_channels=True, header_only=header_only)
+    except Exception as e:  # noqa: BLE001 (the binding raises plain RuntimeError on a damaged file)
+        raise UserError(f"{path} is not a readable EXR ({e}); re-run render with --force") from None
+    header = dict(f.header())
+    if header_only:
+        return header, {}
+    return header, {name: ch.pixels for name, ch in f.channels().items()}

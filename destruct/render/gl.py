@@ -1,0 +1,145 @@
+"""The beauty pass through pyrender, headless (EGL), one renderer reused across frames.
+
+``PYOPENGL_PLATFORM=egl`` is set before pyrender is imported (Mesa llvmpipe on CPU machines,
+the NVIDIA driver on GPU servers; pyrender reads ``EGL_DEVICE_ID`` to pick the GPU). All
+pieces are one merged mesh per frame with three primitives (exterior, interior, rubble): three
+draw calls whatever the piece count. Lighting: a sun with shadow mapping plus the sky as
+ambient light; colours are the materials' scene-linear albedos as vertex colours.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from destruct.errors import UserError
+from destruct.render.scene import FrameMesh
+
+#: The apt line for Debian 12 / Ubuntu: the GLVND EGL loader, Mesa's EGL vendor library and
+#: its DRI drivers (llvmpipe).
+APT_LINE = "sudo apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri"
+
+SKY_COLOR = (0.62, 0.74, 0.90)  # display-referred background (written as is)
+SKY_AMBIENT = (0.22, 0.25, 0.30)  # scene-linear sky light
+SUN_COLOR = (1.0, 0.95, 0.86)
+SUN_INTENSITY = 3.2
+SUN_DIRECTION = (-0.45, -0.8, -0.4)  # direction the light travels (world)
+GROUND_COLOR = (0.20, 0.19, 0.17)
+#: Fracture faces are darker (in the cracks, hardly lit) and rougher than the outside.
+INTERIOR_SHADE = 0.7
+
+
+def _import_pyrender():
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    try:
+        import pyrender
+    except ImportError as e:
+        raise UserError(
+            f"pyrender cannot load ({e}); headless rendering needs EGL: {APT_LINE} "
+            "(or the NVIDIA driver on a GPU server)"
+        ) from None
+    return pyrender
+
+
+class GLRenderer:
+    """Offscreen beauty renderer for one resolution; :meth:`close` frees the GL context."""
+
+    def __init__(
+        self, width: int, height: int, *, ground_half_size: float = 0.0, ground_center=(0.0, 0.0)
+    ):
+        pyrender = _import_pyrender()
+        self._pr = pyrender
+        try:
+            self._renderer = pyrender.OffscreenRenderer(width, height)
+        except Exception as e:  # noqa: BLE001 (PyOpenGL raises many types when EGL or a device is missing)
+            dev = os.environ.get("EGL_DEVICE_ID")
+            where = f" (EGL_DEVICE_ID={dev})" if dev else ""
+            raise UserError(
+                f"cannot open a headless OpenGL context through EGL{where}: {type(e).__name__}: {e}. "
+                f"Install EGL and Mesa: {APT_LINE}; on a GPU server use the NVIDIA driver and pick "
+                "the GPU with EGL_DEVICE_ID"
+            ) from None
+        self.width, self.height = width, height
+        self.scene = pyrender.Scene(bg_color=(*SKY_COLOR, 0.0), ambient_light=SKY_AMBIENT)
+        self._materials = [
+            pyrender.MetallicRoughnessMaterial(
+                baseColorFactor=(1.0, 1.0, 1.0, 1.0), metallicFactor=0.0, roughnessFactor=r
+            )
+            for r in (0.75, 1.0, 1.0)
+        ]
+        sun = pyrender.DirectionalLight(color=SUN_COLOR, intensity=SUN_INTENSITY)
+        from destruct.camera import look_at_rotation
+
+        d = np.asarray(SUN_DIRECTION, dtype=np.float64)
+        pose = np.eye(4)
+        pose[:3, :3] = look_at_rotation(-d, np.zeros(3))  # light shines along its -z
+        self.scene.add(sun, pose=pose)
+        self._ground = None
+        if ground_half_size > 0:
+            s, (gx, gz) = ground_half_size, ground_center
+            quad = np.array(
+                [
+                    [gx - s, 0, gz - s],
+                    [gx - s, 0, gz + s],
+                    [gx + s, 0, gz + s],
+                    [gx + s, 0, gz - s],
+                ],
+                np.float32,
+            )
+            prim = pyrender.Primitive(
+                positions=quad,
+                normals=np.tile([0.0, 1.0, 0.0], (4, 1)).astype(np.float32),
+                indices=np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32),
+                material=pyrender.MetallicRoughnessMaterial(
+                    baseColorFactor=(*GROUND_COLOR, 1.0), metallicFactor=0.0, roughnessFactor=1.0
+                ),
+            )
+            self._ground = self.scene.add(pyrender.Mesh([prim]))
+        self._camera = None
+        self._mesh_node = None
+
+    def render(
+        self, mesh: FrameMesh, cam, near: float, far: float, *, plate: bool = False
+    ) -> np.ndarray:
+        """(h, w, 4) uint8: display-referred RGB (pyrender's gamma 2.2) and coverage alpha.
+
+        With ``plate``, no sky and no ground: the pieces over black (premultiplied by the
+        anti-aliased coverage in alpha), for compositing over the plate."""
+        pr = self._pr
+        if self._camera is not None:
+            self.scene.remove_node(self._camera)
+        self._camera = self.scene.add(
+            pr.IntrinsicsCamera(cam.fx, cam.fy, cam.cx, cam.cy, znear=near, zfar=far),
+            pose=cam.pose(),
+        )
+        if self._mesh_node is not None:
+            self.scene.remove_node(self._mesh_node)
+            self._mesh_node = None
+        prims = []
+        for (a, b), mat, shade in zip(
+            mesh.groups, self._materials, (1.0, INTERIOR_SHADE, INTERIOR_SHADE)
+        ):
+            if b <= a:
+                continue
+            color = np.ones((b - a, 4), dtype=np.float32)
+            color[:, :3] = mesh.tri_color[a:b] * shade
+            prims.append(
+                pr.Primitive(
+                    positions=mesh.verts[3 * a : 3 * b],
+                    normals=np.repeat(mesh.normals[a:b], 3, axis=0),
+                    color_0=np.repeat(color, 3, axis=0),
+                    material=mat,
+                )
+            )
+        if prims:
+            self._mesh_node = self.scene.add(pr.Mesh(prims))
+        if self._ground is not None:
+            self._ground.mesh.is_visible = not plate
+        self.scene.bg_color = np.array((0.0, 0.0, 0.0, 0.0) if plate else (*SKY_COLOR, 0.0))
+        flags = pr.RenderFlags.RGBA | pr.RenderFlags.SHADOWS_DIRECTIONAL
+        color, _ = self._renderer.render(self.scene, flags=flags)
+        return color
+
+    def close(self) -> None:
+        self._renderer.delete()

@@ -1,0 +1,445 @@
+"""Exact rasterisation of the merged mesh: per-pixel triangle, depth, id, normal, motion.
+
+numba kernels over arrays (DESIGN.md sections 1 and 3). The id pass must be exact (no blended
+edges), and motion and occlusion must be exact, so these buffers come from one point-sampled
+rasteriser instead of the anti-aliased GL render:
+
+- each pixel is sampled once at its centre; a triangle covers it when the pixel's ray passes
+  through it (the signs of three triple products: homogeneous rasterisation, Olano & Greer
+  1997, so no clipping is needed). Neighbouring triangles evaluate their shared edge with
+  exactly negated coefficients, so no pixel falls through a crack (inclusive test);
+- depth is the ray's intersection with the triangle's plane (1/depth is linear in the pixel
+  coordinates); the nearest wins, and on an exact tie the lower triangle index, so the result
+  is deterministic in any thread count;
+- back faces are culled (pieces are closed solids).
+
+Rows are split in bands processed in parallel; every band walks the triangle list in order.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+#: Value of the triangle buffer for the sky (nothing hit) and for the ground plane.
+SKY = -1
+GROUND = -2
+#: Rows per parallel band.
+BAND_ROWS = 8
+
+
+@nb.njit(parallel=True, cache=True)
+def transform_vertices(local, body, rot, pos, out):
+    """out[v] = rot[body[v]] @ local[v] + pos[body[v]]  ((V, 3) f32; rot (B, 3, 3), pos (B, 3))."""
+    for v in nb.prange(local.shape[0]):
+        b = body[v]
+        for i in range(3):
+            out[v, i] = (
+                rot[b, i, 0] * local[v, 0]
+                + rot[b, i, 1] * local[v, 1]
+                + rot[b, i, 2] * local[v, 2]
+                + pos[b, i]
+            )
+
+
+@nb.njit(cache=True)
+def _setup(verts, faces, cam_rot, cam_pos, fx, fy, cx, cy, width, height, near, coef, bbox):
+    """Per triangle: 3 edge functions + 1/depth as A*px + B*py + C, and its pixel bbox.
+
+    coef: (T, 4, 3) f64 rows (A, B, C) for edges 0..2 and 1/depth; bbox (T, 4) int32 x0, x1,
+    y0, y1 inclusive (x0 > x1 when the triangle is culled).
+    """
+    T = faces.shape[0]
+    a = np.empty(3)
+    b = np.empty(3)
+    c = np.empty(3)
+    for t in range(T):
+        bbox[t, 0] = 1
+        bbox[t, 1] = 0
+        bbox[t, 2] = 1
+        bbox[t, 3] = 0
+        vs = (a, b, c)
+        for k in range(3):
+            p = verts[faces[t, k]]
+            d0 = p[0] - cam_pos[0]
+            d1 = p[1] - cam_pos[1]
+            d2 = p[2] - cam_pos[2]
+            for i in range(3):
+                vs[k][i] = cam_rot[0, i] * d0 + cam_rot[1, i] * d1 + cam_rot[2, i] * d2
+        if -a[2] < near and -b[2] < near and -c[2] < near:
+            continue
+        # plane normal n = (b - a) x (c - a); front facing when n . a < 0 (camera at origin)
+        e1x, e1y, e1z = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+        e2x, e2y, e2z = c[0] - a[0], c[1] - a[1], c[2] - a[2]
+        nx = e1y * e2z - e1z * e2y
+        ny = e1z * e2x - e1x * e2z
+        nz = e1x * e2y - e1y * e2x
+        k = nx * a[0] + ny * a[1] + nz * a[2]
+        if k >= 0.0:
+            continue  # back facing or edge-on
+        # edge i between vs[i] and vs[i+1]: E = vs[i+1] x vs[i], inside when d . E >= 0 with
+        # d = ((px + 0.5 - cx) / fx, -(py + 0.5 - cy) / fy, -1)
+        for i in range(3):
+            p = vs[i]
+            q = vs[(i + 1) % 3]
+            ex = q[1] * p[2] - q[2] * p[1]
+            ey = q[2] * p[0] - q[0] * p[2]
+            ez = q[0] * p[1] - q[1] * p[0]
+            coef[t, i, 0] = ex / fx
+            coef[t, i, 1] = -ey / fy
+            coef[t, i, 2] = ex * (0.5 - cx) / fx - ey * (0.5 - cy) / fy - ez
+        # 1/depth = (n . d) / k
+        coef[t, 3, 0] = nx / fx / k
+        coef[t, 3, 1] = -ny / fy / k
+        coef[t, 3, 2] = (nx * (0.5 - cx) / fx - ny * (0.5 - cy) / fy - nz) / k
+        if -a[2] >= near and -b[2] >= near and -c[2] >= near:
+            umin = 1e30
+            umax = -1e30
+            vmin = 1e30
+            vmax = -1e30
+            for p in vs:
+                u = cx + fx * p[0] / -p[2]
+                v = cy - fy * p[1] / -p[2]
+                umin = min(umin, u)
+                umax = max(umax, u)
+                vmin = min(vmin, v)
+                vmax = max(vmax, v)
+            x0 = max(int(np.ceil(umin - 0.5)), 0)
+            x1 = min(int(np.floor(umax - 0.5)), width - 1)
+            y0 = max(int(np.ceil(vmin - 0.5)), 0)
+            y1 = min(int(np.floor(vmax - 0.5)), height - 1)
+        else:  # crosses the near plane: test the whole screen (rare)
+            x0, x1, y0, y1 = 0, width - 1, 0, height - 1
+        bbox[t, 0] = x0
+        bbox[t, 1] = x1
+        bbox[t, 2] = y0
+        bbox[t, 3] = y1
+
+
+@nb.njit(parallel=True, cache=True)
+def _fill(coef, bbox, near, tri, inv_depth):
+    height, width = tri.shape
+    T = coef.shape[0]
+    inv_near = 1.0 / near
+    n_bands = (height + BAND_ROWS - 1) // BAND_ROWS
+    for band in nb.prange(n_bands):
+        r0 = band * BAND_ROWS
+        r1 = min(r0 + BAND_ROWS, height) - 1
+        for y in range(r0, r1 + 1):
+            for x in range(width):
+                tri[y, x] = -1
+                inv_depth[y, x] = 0.0
+        for t in range(T):
+            if bbox[t, 0] > bbox[t, 1]:
+                continue
+            y0 = max(bbox[t, 2], r0)
+            y1 = min(bbox[t, 3], r1)
+            if y0 > y1:
+                continue
+            c = coef[t]
+            for y in range(y0, y1 + 1):
+                for x in range(bbox[t, 0], bbox[t, 1] + 1):
+                    w0 = c[0, 0] * x + c[0, 1] * y + c[0, 2]
+                    w1 = c[1, 0] * x + c[1, 1] * y + c[1, 2]
+                    w2 = c[2, 0] * x + c[2, 1] * y + c[2, 2]
+                    if w0 < 0.0 or w1 < 0.0 or w2 < 0.0:
+                        continue
+                    iz = c[3, 0] * x + c[3, 1] * y + c[3, 2]
+                    if iz > inv_depth[y, x] and iz <= inv_near:
+                        inv_depth[y, x] = iz
+                        tri[y, x] = t
+
+
+def rasterize(verts, faces, cam, *, near: float = 0.05):
+    """Triangle index (h, w) int32 (``SKY`` where nothing) and depth (h, w) f32 (inf = none).
+
+    verts: (V, 3) world; faces: (T, 3) int; cam: a :class:`destruct.camera.CameraFrame`.
+    """
+    T = len(faces)
+    coef = np.zeros((T, 4, 3))
+    bbox = np.zeros((T, 4), dtype=np.int32)
+    if T:
+        _setup(
+            np.ascontiguousarray(verts, dtype=np.float64),
+            np.ascontiguousarray(faces, dtype=np.int64),
+            cam.rotation,
+            cam.position,
+            cam.fx,
+            cam.fy,
+            cam.cx,
+            cam.cy,
+            cam.width,
+            cam.height,
+            near,
+            coef,
+            bbox,
+        )
+    tri = np.empty((cam.height, cam.width), dtype=np.int32)
+    inv = np.empty((cam.height, cam.width))
+    _fill(coef, bbox, near, tri, inv)
+    with np.errstate(divide="ignore"):
+        depth = (1.0 / inv).astype(np.float32)
+    return tri, depth
+
+
+def add_ground(
+    tri: np.ndarray, depth: np.ndarray, cam, half_size: float, center=(0.0, 0.0)
+) -> None:
+    """Put the ground plane y = 0 (a square of ``half_size`` metres around ``center`` (x, z))
+    into the buffers where it is nearer than what was drawn (in place, ``GROUND`` in ``tri``)."""
+    rays = cam.pixel_rays()
+    dirs = rays @ cam.rotation.T  # world direction per pixel, scaled so depth = t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -cam.position[1] / dirs[..., 1]
+    hx = cam.position[0] + t * dirs[..., 0]
+    hz = cam.position[2] + t * dirs[..., 2]
+    hit = (
+        (t > 0)
+        & (np.abs(hx - center[0]) <= half_size)
+        & (np.abs(hz - center[1]) <= half_size)
+        & (t < depth)
+    )
+    if cam.position[1] <= 0.0:
+        return  # camera under the ground: it sees the ground's back, which is not drawn
+    tri[hit] = GROUND
+    depth[hit] = t[hit]
+
+
+@nb.njit(cache=True)
+def _project(p, rot, pos, fx, fy, cx, cy):
+    d0 = p[0] - pos[0]
+    d1 = p[1] - pos[1]
+    d2 = p[2] - pos[2]
+    x = rot[0, 0] * d0 + rot[1, 0] * d1 + rot[2, 0] * d2
+    y = rot[0, 1] * d0 + rot[1, 1] * d1 + rot[2, 1] * d2
+    z = rot[0, 2] * d0 + rot[1, 2] * d1 + rot[2, 2] * d2
+    depth = -z
+    if depth <= 0.0:
+        return 0.0, 0.0, depth
+    return cx + fx * x / depth, cy - fy * y / depth, depth
+
+
+@nb.njit(parallel=True, cache=True)
+def _motion(
+    tri,
+    depth,
+    tri_body,
+    cam0,
+    intr0,
+    body_rot0,
+    body_pos0,
+    cam1,
+    intr1,
+    body_rot1,
+    body_pos1,
+    body_ok1,
+    ids0,
+    ids1,
+    depth1,
+    check,
+    rel_tol,
+    motion,
+    occl,
+):
+    """Per pixel: where its surface point lands in the other frame, and whether it is hidden.
+
+    cam*: (4, 3) rows 0..2 rotation (camera -> world), row 3 position; intr*: fx, fy, cx, cy.
+    Sky pixels move with the camera's rotation only (points at infinity); ground points are
+    static; piece and rubble points follow their body's rigid transform. ``check`` turns on the
+    occlusion test against the other frame's ids and depth.
+    """
+    h, w = tri.shape
+    r0 = cam0[:3]
+    p0 = cam0[3]
+    r1 = cam1[:3]
+    p1 = cam1[3]
+    fx0, fy0, cx0, cy0 = intr0[0], intr0[1], intr0[2], intr0[3]
+    fx1, fy1, cx1, cy1 = intr1[0], intr1[1], intr1[2], intr1[3]
+    h1, w1 = ids1.shape
+    for y in nb.prange(h):
+        X = np.empty(3)
+        L = np.empty(3)
+        for x in range(w):
+            t = tri[y, x]
+            dx = (x + 0.5 - cx0) / fx0
+            dy = -(y + 0.5 - cy0) / fy0
+            # world direction of the pixel ray (z = -1 in camera space)
+            for i in range(3):
+                L[i] = r0[i, 0] * dx + r0[i, 1] * dy - r0[i, 2]
+            hidden = False
+            if t == -1:
+                # point at infinity: direction only
+                cz = r1[0, 2] * L[0] + r1[1, 2] * L[1] + r1[2, 2] * L[2]
+                if cz >= 0.0:
+                    motion[y, x, 0] = 0.0
+                    motion[y, x, 1] = 0.0
+                    occl[y, x] = 1.0
+                    continue
+                cxv = r1[0, 0] * L[0] + r1[1, 0] * L[1] + r1[2, 0] * L[2]
+                cyv = r1[0, 1] * L[0] + r1[1, 1] * L[1] + r1[2, 1] * L[2]
+                u = cx1 + fx1 * cxv / -cz
+                v = cy1 - fy1 * cyv / -cz
+                d1 = np.inf
+            else:
+                dd = depth[y, x]
+                for i in range(3):
+                    X[i] = p0[i] + dd * L[i]
+                if t >= 0:
+                    b = tri_body[t]
+                    if not body_ok1[b]:
+                        motion[y, x, 0] = 0.0
+                        motion[y, x, 1] = 0.0
+                        occl[y, x] = 1.0
+                        continue
+                    # local = R0^T (X - p0); X' = R1 local + p1
+                    for i in range(3):
+                        L[i] = (
+                            body_rot0[b, 0, i] * (X[0] - body_pos0[b, 0])
+                            + body_rot0[b, 1, i] * (X[1] - body_pos0[b, 1])
+                            + body_rot0[b, 2, i] * (X[2] - body_pos0[b, 2])
+                        )
+                    for i in range(3):
+                        X[i] = (
+                            body_rot1[b, i, 0] * L[0]
+                            + body_rot1[b, i, 1] * L[1]
+                            + body_rot1[b, i, 2] * L[2]
+                            + body_pos1[b, i]
+                        )
+                u, v, d1 = _project(X, r1, p1, fx1, fy1, cx1, cy1)
+                if d1 <= 0.0:
+                    motion[y, x, 0] = 0.0
+                    motion[y, x, 1] = 0.0
+                    occl[y, x] = 1.0
+                    continue
+            motion[y, x, 0] = u - (x + 0.5)
+            motion[y, x, 1] = v - (y + 0.5)
+            if check:
+                if u < 0.0 or v < 0.0 or u >= w1 or v >= h1:
+                    hidden = True
+                else:
+                    iu = int(u)
+                    iv = int(v)
+                    if ids1[iv, iu] != ids0[y, x]:
+                        hidden = True
+                    elif t == -1:
+                        hidden = depth1[iv, iu] < np.inf
+                    elif depth1[iv, iu] < d1 * (1.0 - rel_tol):
+                        hidden = True
+                occl[y, x] = 1.0 if hidden else 0.0
+
+
+def _cam_arrays(cam):
+    c = np.empty((4, 3))
+    c[:3] = cam.rotation
+    c[3] = cam.position
+    return c, np.array([cam.fx, cam.fy, cam.cx, cam.cy])
+
+
+def motion_vectors(
+    tri, depth, ids, tri_body, cam0, bodies0, cam1, bodies1, *, ids1=None, depth1=None, rel_tol=0.01
+):
+    """Exact per-pixel motion (h, w, 2) [px, x right y down] from frame 0 to frame 1, and
+    occlusion (h, w) f32 (1 where the point is hidden or off-screen in frame 1).
+
+    ``bodies*`` are (rot (B, 3, 3), pos (B, 3), ok (B,) bool) rigid transforms of every body
+    (pieces, then rubble slots); a body missing in frame 1 (``ok`` False) is occluded with zero
+    motion. Without ``ids1``/``depth1`` only screen exits are flagged. ``rel_tol`` is the share
+    of depth by which frame 1's surface must be nearer to hide a point of the same id (only
+    non-convex pieces hide their own points).
+    """
+    h, w = tri.shape
+    motion = np.zeros((h, w, 2), dtype=np.float32)
+    occl = np.zeros((h, w), dtype=np.float32)
+    c0, i0 = _cam_arrays(cam0)
+    c1, i1 = _cam_arrays(cam1)
+    check = ids1 is not None
+    if not check:
+        ids1 = np.zeros((1, 1), dtype=np.uint32)
+        depth1 = np.zeros((1, 1), dtype=np.float32)
+    rot0, pos0, _ = bodies0
+    rot1, pos1, ok1 = bodies1
+    _motion(
+        tri,
+        depth,
+        np.asarray(tri_body, dtype=np.int64),
+        c0,
+        i0,
+        np.ascontiguousarray(rot0, dtype=np.float64),
+        np.ascontiguousarray(pos0, dtype=np.float64),
+        c1,
+        i1,
+        np.ascontiguousarray(rot1, dtype=np.float64),
+        np.ascontiguousarray(pos1, dtype=np.float64),
+        np.ascontiguousarray(ok1, dtype=np.bool_),
+        ids,
+        ids1,
+        depth1,
+        check,
+        rel_tol,
+        motion,
+        occl,
+    )
+    if not check:
+        off = (
+            (motion[..., 0] + np.arange(w)[None, :] + 0.5 < 0)
+            | (motion[..., 0] + np.arange(w)[None, :] + 0.5 >= w)
+            | (motion[..., 1] + np.arange(h)[:, None] + 0.5 < 0)
+            | (motion[..., 1] + np.arange(h)[:, None] + 0.5 >= h)
+        )
+        occl = np.maximum(occl, off.astype(np.float32))
+    return motion, occl
+
+
+@nb.njit(parallel=True, cache=True)
+def _splat(uv, depth, radius_px, alpha, scene_depth, out_t):
+    """Multiply the transmittance out_t by (1 - a * gaussian) of each particle in front."""
+    h, w = out_t.shape
+    n = uv.shape[0]
+    n_bands = (h + BAND_ROWS - 1) // BAND_ROWS
+    for band in nb.prange(n_bands):
+        r0 = band * BAND_ROWS
+        r1 = min(r0 + BAND_ROWS, h) - 1
+        for i in range(n):
+            r = radius_px[i]
+            if r <= 0.0:
+                continue
+            y0 = max(int(uv[i, 1] - r), r0)
+            y1 = min(int(uv[i, 1] + r), r1)
+            if y0 > y1:
+                continue
+            x0 = max(int(uv[i, 0] - r), 0)
+            x1 = min(int(uv[i, 0] + r), w - 1)
+            sigma2 = (0.5 * r) ** 2
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    if scene_depth[y, x] <= depth[i]:
+                        continue
+                    dx = x + 0.5 - uv[i, 0]
+                    dy = y + 0.5 - uv[i, 1]
+                    d2 = dx * dx + dy * dy
+                    if d2 > r * r:
+                        continue
+                    out_t[y, x] *= 1.0 - alpha[i] * np.exp(-0.5 * d2 / sigma2)
+
+
+def dust_alpha(positions, radii, alphas, cam, scene_depth, *, max_radius_px: float = 64.0):
+    """(h, w) f32 coverage of soft round dust sprites (gaussian, 2 sigma = radius), depth
+    tested against ``scene_depth`` and composited front-to-back independent of order."""
+    t = np.ones((cam.height, cam.width), dtype=np.float64)
+    if len(positions):
+        uv, d = cam.project(positions)
+        front = d > 0.05
+        r = np.where(
+            front,
+            np.minimum(np.asarray(radii) * cam.fx / np.where(front, d, 1.0), max_radius_px),
+            0.0,
+        )
+        _splat(
+            np.ascontiguousarray(uv),
+            np.ascontiguousarray(d),
+            np.ascontiguousarray(r, dtype=np.float64),
+            np.ascontiguousarray(alphas, dtype=np.float64),
+            scene_depth,
+            t,
+        )
+    return (1.0 - t).astype(np.float32)
