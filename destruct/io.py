@@ -23,18 +23,24 @@ TMP_PREFIX = ".tmp-"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file + fsync + rename. Returns the path."""
+    """Write ``data`` to ``path`` through a temp file + fsync + rename. Returns the path.
+
+    A full disk or an unwritable folder is a UserError; the target keeps its old content and no
+    temp file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        _unlink_quietly(tmp)
+        if tmp is not None:
+            _unlink_quietly(tmp)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(
                 f"disk full while writing {path}: free some space (df -h {path.parent}) and run "
@@ -42,11 +48,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             ) from None
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise UserError(
-                f"cannot write {path}: permission denied; choose a writable --out folder"
+                f"cannot write {path}: {e.strerror}; choose a writable --out folder"
             ) from None
         raise
     except BaseException:
-        _unlink_quietly(tmp)
+        if tmp is not None:
+            _unlink_quietly(tmp)
         raise
     return path
 
@@ -96,7 +103,9 @@ def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path} is unreadable ({e}); re-run the stage that writes it with --force") from None
+        raise UserError(
+            f"{path} is unreadable ({e}); re-run the stage that writes it with --force"
+        ) from None
     check_format(data.pop("format", "unlabelled"), format, path)
     return data
 
@@ -127,7 +136,9 @@ def load_json(path: str | os.PathLike, format: str | None = None) -> Any:
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
     if format is not None:
-        check_format(obj.get("format", "unlabelled") if isinstance(obj, dict) else "unlabelled", format, path)
+        check_format(
+            obj.get("format", "unlabelled") if isinstance(obj, dict) else "unlabelled", format, path
+        )
     return obj
 
 
@@ -135,7 +146,9 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write a uint8 (h, w), (h, w, 3) or (h, w, 4) image, or a uint16 (h, w) one, as PNG."""
     import imageio.v3 as iio
 
-    return atomic_write_bytes(path, iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png"))
+    return atomic_write_bytes(
+        path, iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png")
+    )
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

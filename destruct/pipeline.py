@@ -39,7 +39,16 @@ UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.REFINE: (Stage.RENDER,),
     Stage.ENCODE: (Stage.RENDER,),
 }
-PACKAGES = ("destruct", "numpy", "taichi", "trimesh", "manifold3d", "pyrender2", "torch", "diffusers")
+PACKAGES = (
+    "destruct",
+    "numpy",
+    "taichi",
+    "trimesh",
+    "manifold3d",
+    "pyrender2",
+    "torch",
+    "diffusers",
+)
 
 
 def inputs_hash(shot: Shot, stage: Stage) -> str:
@@ -67,7 +76,9 @@ def parse_stages(text: str | None) -> list[Stage]:
     allowed = [s.value for s in ORDER]
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise UserError(f"--stages {text!r}: unknown stage {', '.join(bad) or '(none)'}; allowed: {','.join(allowed)}")
+        raise UserError(
+            f"--stages {text!r}: unknown stage {', '.join(bad) or '(none)'}; allowed: {','.join(allowed)}"
+        )
     return [s for s in ORDER if s.value in names]
 
 
@@ -79,10 +90,14 @@ def parse_frames(text: str | None, shot: Shot) -> list[int]:
     try:
         a, b = (int(x) for x in text.split(":"))
     except ValueError:
-        raise UserError(f"--frames {text!r}: use A:B with whole frame numbers, e.g. 1001:1024") from None
+        raise UserError(
+            f"--frames {text!r}: use A:B with whole frame numbers, e.g. 1001:1024"
+        ) from None
     lo, hi = all_frames[0], all_frames[-1]
     if a > b or a < lo or b > hi:
-        raise UserError(f"--frames {text!r}: must be a range A <= B inside the shot's frames {lo}:{hi}")
+        raise UserError(
+            f"--frames {text!r}: must be a range A <= B inside the shot's frames {lo}:{hi}"
+        )
     return list(range(a, b + 1))
 
 
@@ -132,7 +147,7 @@ def run(
         raise UserError(f"--backend {backend!r}: allowed: auto, cpu, cuda")
     rd = RunDir(out if out is not None else default_out(shot))
     rd.check_writable_target()
-    rd.root.mkdir(parents=True, exist_ok=True)
+    rd.create()
     remove_stale_temps(rd.root)
     say = log or (lambda msg: None)
 
@@ -156,7 +171,9 @@ def run(
     return result
 
 
-def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say) -> bool:
+def _run_stage(
+    shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say
+) -> bool:
     """Run one stage if needed. Returns True when it ran."""
     name = stage.value
     h = inputs_hash(shot, stage)
@@ -165,14 +182,18 @@ def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, pr
         if up in requested:
             continue
         ue = rd.stage(up.value)
-        if ue.get("status") not in ("done", "partial") or ue.get("inputs_hash") != inputs_hash(shot, up):
+        if ue.get("status") not in ("done", "partial") or ue.get("inputs_hash") != inputs_hash(
+            shot, up
+        ):
             raise UserError(
                 f"stage {name!r} needs {up.value!r} done for this shot first "
                 f"(it is {ue.get('status', 'not run')}{', for other inputs' if ue.get('status') == 'done' else ''}); "
                 f"run: destruct run SHOT --stages {up.value},{name}"
             )
     if stage is Stage.REFINE and not shot.refine.enabled:
-        _record(rd, name, status="skipped", reason="refine.enabled = false in the shot", inputs_hash=h)
+        _record(
+            rd, name, status="skipped", reason="refine.enabled = false in the shot", inputs_hash=h
+        )
         say(f"{name}: skipped (disabled in the shot)")
         return False
     fn = entry_point(stage)
@@ -188,14 +209,29 @@ def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, pr
         say(f"{name}: up to date")
         return False
 
-    ctx = StageContext(shot=shot, run=rd, stage=stage, frames=stage_frames, backend=backend,
-                       force=force, quiet=quiet, _progress=progress)
+    ctx = StageContext(
+        shot=shot,
+        run=rd,
+        stage=stage,
+        frames=stage_frames,
+        backend=backend,
+        force=force,
+        quiet=quiet,
+        _progress=progress,
+    )
     say(f"{name}: running")
     t0 = time.perf_counter()
     try:
         figures = fn(ctx) or {}
     except StageSkipped as e:
-        _record(rd, name, status="skipped", reason=e.reason, inputs_hash=h, seconds=time.perf_counter() - t0)
+        _record(
+            rd,
+            name,
+            status="skipped",
+            reason=e.reason,
+            inputs_hash=h,
+            seconds=time.perf_counter() - t0,
+        )
         say(f"{name}: skipped: {e.reason}")
         return True
     except DestructError as e:
@@ -211,8 +247,14 @@ def _run_stage(shot, rd, stage, requested, frame_list, backend, force, quiet, pr
         e = m["stages"].setdefault(name, {})
         done = set(e.get("frames_done", []))
         complete = stage not in PER_FRAME or set(shot.frame_numbers()) <= done
-        e.update(status="done" if complete else "partial", inputs_hash=h, reason="",
-                 seconds=round(seconds + (e.get("seconds", 0.0) if stage in PER_FRAME and same_inputs else 0.0), 3))
+        e.update(
+            status="done" if complete else "partial",
+            inputs_hash=h,
+            reason="",
+            seconds=round(
+                seconds + (e.get("seconds", 0.0) if stage in PER_FRAME and same_inputs else 0.0), 3
+            ),
+        )
         e["figures"] = {**e.get("figures", {}), **figures}
     say(f"{name}: {'done' if complete else 'partial'} in {seconds:.1f} s")
     return True

@@ -46,6 +46,15 @@ class RunDir:
                 "destruct never writes into it: choose an empty or new --out folder"
             )
 
+    def create(self) -> None:
+        """Create the folder; an unwritable location is a UserError naming the fix."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot create the run folder {self.root}: {e.strerror}; choose a writable --out folder"
+            ) from None
+
     def read(self) -> dict[str, Any]:
         """The manifest, or an empty one when none exists yet."""
         if not self.manifest_path.exists():
@@ -55,12 +64,20 @@ class RunDir:
     @contextlib.contextmanager
     def update(self) -> Iterator[dict[str, Any]]:
         """Lock, read, let the caller edit, write atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        self.create()
+        try:
+            self._lock.acquire()
+        except OSError as e:
+            raise UserError(
+                f"cannot lock {self.manifest_path}: {e.strerror}; choose a writable --out folder"
+            ) from None
+        try:
             m = self.read()
             yield m
             m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             save_json(self.manifest_path, m)
+        finally:
+            self._lock.release()
 
     def stage(self, name: str) -> dict[str, Any]:
         """The manifest entry of one stage (empty dict when it never ran)."""
