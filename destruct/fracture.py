@@ -1,0 +1,798 @@
+"""Voronoi fracture of parts into pieces, the bond graph, and the ``fracture/`` artifact.
+
+The ``prepare`` stage: shot -> parts (procedural building or imported mesh) -> seeds -> Voronoi
+cells intersected exactly with each part (manifold3d) -> pieces (render mesh with interior-face
+flags, convex collision hulls, mass properties) -> bonds between pieces that share a face (inside
+a part and across touching parts) and, with ``sim.anchor_to_ground``, to the ground.
+
+Pieces of one part come from that part's own seeds: the cell of seed ``i`` is the part's
+bounding box (enlarged, so no cell face coincides with a part face) trimmed by the bisector
+planes to ``i``'s Delaunay neighbours, then intersected with the part. A cell that cuts a
+non-convex part into disconnected bits gives one piece per bit (a rigid piece is connected).
+Faces that come from the cell (not from the part's surface) are the interior faces.
+
+Bonds are found geometrically, so the same code bonds Voronoi neighbours and touching parts
+(a column on a slab): two pieces are bonded when faces of theirs lie in one plane with
+opposite normals and overlap; the bond's area is the exact area of that overlap (2D polygon
+intersection), its point the overlap's centroid, its normal the first piece's outward normal.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trimesh
+
+from destruct.building import Part
+from destruct.errors import UserError
+from destruct.io import load_json, load_npz, save_json, save_npz
+from destruct.materials import MATERIAL_NAMES, resolve
+from destruct.meshio import box_pairs, points_inside, to_manifold
+
+if TYPE_CHECKING:
+    from destruct.stages import StageContext
+
+PIECES_FORMAT = "destruct.pieces/1"
+BONDS_FORMAT = "destruct.bonds/1"
+FRACTURE_FORMAT = "destruct.fracture/1"
+
+#: Most pieces one shot may ask for (memory and simulation time grow linearly).
+MAX_PIECES = 100_000
+#: Seed-density factor near a charge: pieces within its radius are about this many times
+#: smaller in volume than elsewhere.
+CHARGE_DETAIL_FACTOR = 4.0
+#: A piece is given a compound of hulls when its convex hull is this much larger than itself.
+HULL_RATIO = 1.3
+#: Most times a far-from-convex piece is halved to build its compound of hulls (2^depth hulls).
+HULL_MAX_DEPTH = 3
+# Geometric tolerances [m]: coplanarity of touching faces, smallest bond area [m^2], ground.
+PLANE_TOL = 1e-6
+NORMAL_TOL = 1e-6
+MIN_BOND_AREA = 1e-8
+GROUND_TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Piece:
+    """One rigid piece. Arrays are world space at rest, float64, SI units."""
+
+    name: str  # <element>.piece_<n>, e.g. column_03.piece_0012
+    element: str  # the part it came from, e.g. column_03
+    kind: str  # column, beam, slab, wall, window, part
+    material: str  # preset name (destruct.materials)
+    mesh: trimesh.Trimesh  # render mesh, world space
+    interior: np.ndarray  # (F,) bool, True for faces made by fracture
+    volume: float  # m^3
+    mass: float  # kg
+    com: np.ndarray  # (3,) centre of mass [m]
+    inertia: np.ndarray  # (3, 3) inertia tensor about com, world axes [kg m^2]
+    hulls: list[np.ndarray]  # convex collision hulls, each (k, 3) points [m]
+
+
+@dataclass
+class Bonds:
+    """Glue bonds, structure of arrays. ``pairs[:, 1] == -1`` is a bond to the ground."""
+
+    pairs: np.ndarray  # (B, 2) int32 piece indices
+    points: np.ndarray  # (B, 3) f64 centroid of the shared face [m]
+    normals: np.ndarray  # (B, 3) f64 unit normal from pairs[:, 0] towards pairs[:, 1]
+    areas: np.ndarray  # (B,) f64 shared face area [m^2]
+    tensile: np.ndarray  # (B,) f64 strength [Pa]
+    shear: np.ndarray  # (B,) f64 strength [Pa]
+    compressive: np.ndarray  # (B,) f64 strength [Pa]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @classmethod
+    def empty(cls) -> Bonds:
+        return cls(np.zeros((0, 2), np.int32), *(np.zeros((0, 3)),) * 2, *(np.zeros(0),) * 4)
+
+
+@dataclass
+class Scene:
+    """The fractured scene: what ``destruct.prepare(shot)`` returns and ``fracture/`` holds."""
+
+    pieces: list[Piece]
+    bonds: Bonds
+    input_volume: float  # m^3, the parts' volume before fracture (after repair)
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))  # subtracted from a mesh
+    material_names: tuple[str, ...] = MATERIAL_NAMES
+    elements: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # name, kind, material, volume, pieces
+    repair: dict[str, Any] = field(default_factory=dict)  # mesh import report
+
+    @property
+    def pieces_volume(self) -> float:
+        return float(math.fsum(p.volume for p in self.pieces))
+
+    @property
+    def volume_error(self) -> float:
+        """|sum of piece volumes - input volume| / input volume."""
+        return abs(self.pieces_volume - self.input_volume) / max(self.input_volume, 1e-300)
+
+    @property
+    def ground_bonds(self) -> int:
+        return int(np.count_nonzero(self.bonds.pairs[:, 1] < 0))
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def seed_density(points: np.ndarray, detail: Sequence[tuple]) -> np.ndarray:
+    """Relative seed density at ``points`` ((n, 3)): 1 far from detail points, ``factor``
+    within ``radius`` of one, fading linearly back to 1 between one and two radii."""
+    rho = np.ones(len(points))
+    for position, radius, factor in detail:
+        d = np.linalg.norm(points - np.asarray(position, dtype=np.float64), axis=1)
+        w = np.clip(2.0 - d / float(radius), 0.0, 1.0)
+        rho += (float(factor) - 1.0) * w
+    return rho
+
+
+def _near_detail(lo: np.ndarray, hi: np.ndarray, detail: Sequence[tuple]) -> list[tuple]:
+    """The detail points whose influence (2 radii) reaches the box [lo, hi]."""
+    near = []
+    for d in detail:
+        p = np.asarray(d[0], dtype=np.float64)
+        if np.linalg.norm(np.clip(p, lo, hi) - p) < 2.0 * float(d[1]) and float(d[2]) != 1.0:
+            near.append(d)
+    return near
+
+
+def _sample_inside(part: Part, n: int, rng: np.random.Generator, detail: Sequence[tuple]):
+    """``n`` points inside ``part`` with density proportional to :func:`seed_density`."""
+    lo, hi = part.mesh.bounds
+    near = _near_detail(lo, hi, detail)
+    rho_max = 1.0 + sum(max(float(f) - 1.0, 0.0) for _, _, f in near)
+    out: list[np.ndarray] = []
+    have = 0
+    for _ in range(1000):
+        m = max(64, int(2 * (n - have) * rho_max))
+        cand = lo + (hi - lo) * rng.random((m, 3))
+        keep = rng.random(m) * rho_max < seed_density(cand, near)
+        cand = cand[keep]
+        cand = cand[points_inside(part.mesh, cand)]
+        out.append(cand[: n - have])
+        have += len(out[-1])
+        if have >= n:
+            return np.concatenate(out)
+    raise UserError(f"part {part.name}: cannot place seeds inside it (is it a closed volume?)")
+
+
+def weighted_volumes(parts: Sequence[Part], detail: Sequence[tuple], rng: np.random.Generator):
+    """Each part's volume weighted by the seed density (Monte Carlo near detail points)."""
+    out = np.empty(len(parts))
+    for k, part in enumerate(parts):
+        lo, hi = part.mesh.bounds
+        near = _near_detail(lo, hi, detail)
+        out[k] = part.mesh.volume
+        if near:
+            pts = _sample_inside(part, 256, rng, [])
+            out[k] *= float(seed_density(pts, near).mean())
+    return out
+
+
+def allocate_seeds(weights: np.ndarray, n_pieces: int) -> np.ndarray:
+    """Seeds per part: ``n_pieces`` split in proportion to ``weights`` (largest remainder),
+    at least one per part. Parts whose share is below one get one seed and the others share
+    the rest, so the total is ``max(n_pieces, len(weights))``."""
+    w = np.asarray(weights, dtype=np.float64)
+    fixed = np.zeros(len(w), dtype=bool)
+    while True:
+        left = n_pieces - np.count_nonzero(fixed)
+        free = ~fixed
+        share = np.where(free, left * w / max(w[free].sum(), 1e-300), 1.0)
+        small = free & (share < 1.0)
+        if left <= 0 or not small.any():
+            break
+        fixed |= small
+    if left <= 0:
+        return np.ones(len(w), dtype=np.int64)
+    count = np.where(fixed, 1, np.floor(share)).astype(np.int64)
+    rest = n_pieces - count.sum()
+    if rest > 0:
+        order = np.argsort(-np.where(fixed, -1.0, share - count), kind="stable")
+        count[order[:rest]] += 1
+    return count
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _to_manifold(mesh: trimesh.Trimesh, name: str):
+    m = to_manifold(mesh)
+    if m.is_empty():
+        raise UserError(f"part {name} is not a closed, consistently oriented volume ({m.status()})")
+    return m.as_original()
+
+
+def _neighbours(seeds: np.ndarray) -> list[np.ndarray]:
+    """Each seed's Voronoi neighbours (Delaunay edges); all other seeds when there are few."""
+    from scipy.spatial import Delaunay, QhullError
+
+    n = len(seeds)
+    if n > 4:
+        try:
+            indptr, ind = Delaunay(seeds).vertex_neighbor_vertices
+            return [ind[indptr[i] : indptr[i + 1]] for i in range(n)]
+        except QhullError:
+            pass
+    return [np.delete(np.arange(n), i) for i in range(n)]
+
+
+@dataclass
+class _Bit:
+    """A connected bit of one cell of one part, before mass properties."""
+
+    manifold: Any
+    vertices: np.ndarray  # (V, 3) f64
+    faces: np.ndarray  # (F, 3) int64
+    interior: np.ndarray  # (F,) bool
+
+
+def _bits_of(result, part_id: int) -> list[_Bit]:
+    """Split a cell-part intersection into connected bits with interior-face flags."""
+    bits = []
+    for comp in result.decompose() if result.num_vert() else []:
+        mesh = comp.to_mesh64()
+        faces = np.asarray(mesh.tri_verts, dtype=np.int64)
+        interior = np.ones(len(faces), dtype=bool)
+        runs = np.asarray(mesh.run_index, dtype=np.int64) // 3
+        for r, oid in enumerate(np.asarray(mesh.run_original_id)):
+            if oid == part_id:
+                interior[runs[r] : runs[r + 1]] = False
+        verts = np.array(mesh.vert_properties[:, :3], dtype=np.float64)
+        bits.append(_Bit(comp, verts, faces, interior))
+    return bits
+
+
+def fracture_cells(part: Part, seeds: np.ndarray, on_cell=None) -> list[_Bit]:
+    """The bits of ``part`` cut by the Voronoi cells of ``seeds`` ((n, 3), inside the part)."""
+    import manifold3d as m3
+
+    man = _to_manifold(part.mesh, part.name)
+    if len(seeds) <= 1:
+        if on_cell:
+            on_cell(1)
+        return _bits_of(man, man.original_id())
+    lo, hi = part.mesh.bounds
+    margin = 0.01 * float(np.linalg.norm(hi - lo)) + 1e-3
+    lo, hi = lo - margin, hi + margin
+    bits = []
+    for i, nbrs in enumerate(_neighbours(seeds)):
+        cell = m3.Manifold.cube(hi - lo).translate(lo)
+        s = seeds[i]
+        for j in nbrs:
+            d = s - seeds[j]
+            nrm = d / np.linalg.norm(d)
+            cell = cell.trim_by_plane(nrm, float(nrm @ (s + seeds[j]) * 0.5))
+        bits.extend(_bits_of(man ^ cell.as_original(), man.original_id()))
+        if on_cell:
+            on_cell(1)
+    return bits
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
+    """Convex hull points of a piece; a compound when the hull exceeds ``HULL_RATIO`` x volume.
+
+    A far-from-convex piece is halved through its bounding-box centre across the axis whose
+    cut gives the smallest total hull volume, recursively (at most ``HULL_MAX_DEPTH`` times).
+    The union of the hulls covers the piece.
+    """
+    hull = manifold.hull()
+    if hull.volume() <= HULL_RATIO * volume or depth >= HULL_MAX_DEPTH:
+        return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
+    lo, hi = (np.asarray(v) for v in _bounds(manifold))
+    mid = 0.5 * (lo + hi)
+    best = None
+    for axis in np.argsort(-(hi - lo)):
+        n = np.zeros(3)
+        n[axis] = 1.0
+        halves = [h for h in manifold.split_by_plane(n, float(mid[axis])) if h.volume() > 0]
+        if len(halves) < 2:
+            continue
+        cost = sum(h.hull().volume() for h in halves)
+        if best is None or cost < best[0]:
+            best = (cost, halves)
+    if best is None:
+        return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
+    return [pts for h in best[1] for pts in convex_hulls(h, h.volume(), depth + 1)]
+
+
+def _bounds(manifold) -> tuple[np.ndarray, np.ndarray]:
+    b = manifold.bounding_box()
+    return np.array(b[:3], dtype=np.float64), np.array(b[3:], dtype=np.float64)
+
+
+def _make_piece(bit: _Bit, part: Part, n: int, density: float) -> Piece:
+    mesh = trimesh.Trimesh(bit.vertices, bit.faces, process=False)
+    props = trimesh.triangles.mass_properties(mesh.triangles, density=density, skip_inertia=False)
+    volume = float(props["volume"])
+    return Piece(
+        name=f"{part.name}.piece_{n:04d}",
+        element=part.name,
+        kind=part.kind,
+        material=part.material,
+        mesh=mesh,
+        interior=bit.interior,
+        volume=volume,
+        mass=float(props["mass"]),
+        com=np.asarray(props["center_mass"], dtype=np.float64),
+        inertia=np.asarray(props["inertia"], dtype=np.float64),
+        hulls=convex_hulls(bit.manifold, volume),
+    )
+
+
+# ----------------------------------------------------------------------------- bonds
+
+
+def _plane_groups(pieces: Sequence[Piece]):
+    """Faces of every piece grouped by plane.
+
+    Returns per group: piece (G,), unit normal (G, 3), offset (G,) with n.x = d, bounds
+    (G, 2, 3), and the triangles of each group (list of (k, 3, 3)).
+    """
+    g_piece, g_normal, g_offset, g_lo, g_hi, g_tris = [], [], [], [], [], []
+    for pi, p in enumerate(pieces):
+        tris = np.asarray(p.mesh.triangles, dtype=np.float64)
+        cross = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+        norm = np.linalg.norm(cross, axis=1)
+        ok = norm > 1e-18
+        tris, n = tris[ok], cross[ok] / norm[ok, None]
+        d = np.einsum("ij,ij->i", n, tris[:, 0])
+        key = np.round(
+            np.column_stack([n, d]) / np.array([NORMAL_TOL * 100] * 3 + [PLANE_TOL * 100])
+        )
+        _, inv = np.unique(key, axis=0, return_inverse=True)
+        inv = inv.ravel()
+        for g in range(inv.max() + 1 if len(inv) else 0):
+            sel = inv == g
+            t = tris[sel]
+            w = norm[ok][sel]
+            nn = (n[sel] * w[:, None]).sum(0)
+            nn /= np.linalg.norm(nn)
+            g_piece.append(pi)
+            g_normal.append(nn)
+            g_offset.append(float(np.average(d[sel], weights=w)))
+            g_lo.append(t.reshape(-1, 3).min(0))
+            g_hi.append(t.reshape(-1, 3).max(0))
+            g_tris.append(t)
+    return (
+        np.asarray(g_piece, dtype=np.int64),
+        np.asarray(g_normal).reshape(-1, 3),
+        np.asarray(g_offset),
+        np.asarray(g_lo).reshape(-1, 3),
+        np.asarray(g_hi).reshape(-1, 3),
+        g_tris,
+    )
+
+
+def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit u, v with u x v = n (plain float maths: this runs once per face pair)."""
+    nx, ny, nz = (float(c) for c in n)
+    if abs(nx) <= abs(ny) and abs(nx) <= abs(nz):  # u = n x e_x
+        u = (0.0, nz, -ny)
+    elif abs(ny) <= abs(nz):  # u = n x e_y
+        u = (-nz, 0.0, nx)
+    else:  # u = n x e_z
+        u = (ny, -nx, 0.0)
+    s = math.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
+    ux, uy, uz = u[0] / s, u[1] / s, u[2] / s
+    v = (ny * uz - nz * uy, nz * ux - nx * uz, nx * uy - ny * ux)
+    return np.array((ux, uy, uz)), np.array(v)
+
+
+def _overlap(tris_a: np.ndarray, tris_b: np.ndarray, n: np.ndarray, d: float):
+    """Area [m^2] and centroid (3,) of the overlap of two coplanar face groups.
+
+    ``tris_a`` faces along ``n``, ``tris_b`` faces against it (so its triangles are reversed).
+    Clipper2 (inside manifold3d's CrossSection) rounds coordinates to 1e-8, so the polygons
+    are moved to their own corner and scaled by a power of two to about 1e6 units first:
+    the overlap is then exact to about 1e-14 relative. Area and centroid are the float64
+    shoelace sums of the resulting polygons.
+    """
+    import manifold3d as m3
+
+    u, v = _plane_basis(n)
+    a2 = np.stack([tris_a @ u, tris_a @ v], axis=-1)
+    b2 = np.stack([tris_b @ u, tris_b @ v], axis=-1)[:, ::-1]
+    corner = np.minimum(a2.reshape(-1, 2).min(0), b2.reshape(-1, 2).min(0))
+    extent = max(float(np.ptp(a2.reshape(-1, 2), axis=0).max()), 1e-12)
+    scale = 2.0 ** round(math.log2(1e6 / extent))
+    inter = m3.CrossSection(list((a2 - corner) * scale)) ^ m3.CrossSection(
+        list((b2 - corner) * scale)
+    )
+    area = cx = cy = 0.0
+    for poly in inter.to_polygons():
+        x, y = poly[:, 0], poly[:, 1]
+        x1, y1 = np.roll(x, -1), np.roll(y, -1)
+        c = x * y1 - x1 * y
+        area += c.sum() / 2
+        cx += ((x + x1) * c).sum() / 6
+        cy += ((y + y1) * c).sum() / 6
+    if area <= MIN_BOND_AREA * scale**2:
+        return 0.0, None
+    cx, cy = cx / area / scale + corner[0], cy / area / scale + corner[1]
+    return area / scale**2, n * d + cx * u + cy * v
+
+
+def find_bonds(pieces: Sequence[Piece]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pieces that share a face: (pairs (B, 2), points (B, 3), normals (B, 3), areas (B,)).
+
+    One bond per pair of pieces and contact plane: Voronoi neighbours share one face; two
+    pieces of non-convex parts may touch in several planes (a wall bit wrapping a window
+    pane), each gets its own bond with its own normal. Pairs are sorted (i < j).
+    """
+    piece, normal, offset, lo, hi, tris = _plane_groups(pieces)
+    cand = box_pairs(lo, hi, 10 * PLANE_TOL)
+    if len(cand):
+        a, b = cand[:, 0], cand[:, 1]
+        same_plane = (
+            (piece[a] != piece[b])
+            & (np.einsum("ij,ij->i", normal[a], normal[b]) < -1 + 10 * NORMAL_TOL)
+            & (np.abs(offset[a] + offset[b]) < 10 * PLANE_TOL)
+        )
+        cand = cand[same_plane]
+    acc: dict[tuple[int, int, int], list] = {}
+    for ga, gb in cand:
+        if piece[ga] > piece[gb]:
+            ga, gb = gb, ga
+        area, point = _overlap(tris[ga], tris[gb], normal[ga], offset[ga])
+        if area <= 0:
+            continue
+        e = acc.setdefault((int(piece[ga]), int(piece[gb]), int(ga)), [0.0, np.zeros(3)])
+        e[0] += area
+        e[1] += area * point
+    keys = sorted(acc)
+    pairs = np.array([k[:2] for k in keys], dtype=np.int32).reshape(-1, 2)
+    areas = np.array([acc[k][0] for k in keys], dtype=np.float64)
+    points = np.array([acc[k][1] / acc[k][0] for k in keys]).reshape(-1, 3)
+    normals = normal[[k[2] for k in keys]].reshape(-1, 3)
+    return pairs, points, normals, areas
+
+
+def ground_contacts(pieces: Sequence[Piece]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pieces resting on y = 0: (index (G,), point (G, 3), area (G,)) of their faces on it."""
+    idx, points, areas = [], [], []
+    for i, p in enumerate(pieces):
+        v = p.mesh.vertices
+        if v[:, 1].min() > GROUND_TOL:
+            continue
+        tris = np.asarray(p.mesh.triangles)
+        on = np.all(np.abs(tris[:, :, 1]) <= GROUND_TOL, axis=1)
+        if not on.any():
+            continue
+        cross = np.cross(tris[on, 1] - tris[on, 0], tris[on, 2] - tris[on, 0])
+        down = cross[:, 1] < 0
+        a = 0.5 * np.linalg.norm(cross[down], axis=1)
+        if a.sum() <= MIN_BOND_AREA:
+            continue
+        c = tris[on][down].mean(axis=1)
+        pt = (a[:, None] * c).sum(0) / a.sum()
+        pt[1] = 0.0
+        idx.append(i)
+        points.append(pt)
+        areas.append(float(a.sum()))
+    return np.array(idx, dtype=np.int64), np.array(points).reshape(-1, 3), np.array(areas)
+
+
+def make_bonds(
+    pieces: Sequence[Piece], overrides: dict | None = None, anchor_to_ground: bool = True
+) -> Bonds:
+    """The bond graph with strengths: the weaker material of the two pieces governs."""
+    pairs, points, normals, areas = find_bonds(pieces)
+    if anchor_to_ground:
+        gi, gp, ga = ground_contacts(pieces)
+        pairs = np.concatenate([pairs, np.column_stack([gi, -np.ones_like(gi)]).astype(np.int32)])
+        points = np.concatenate([points, gp])
+        normals = np.concatenate([normals, np.tile([0.0, -1.0, 0.0], (len(gi), 1))])
+        areas = np.concatenate([areas, ga])
+    mats = {name: resolve(name, overrides) for name in {p.material for p in pieces}}
+    strength = {
+        key: np.array([getattr(mats[p.material], key) for p in pieces], dtype=np.float64)
+        for key in ("tensile", "shear", "compressive")
+    }
+    a, b = pairs[:, 0], pairs[:, 1]
+
+    def weaker(s: np.ndarray) -> np.ndarray:
+        return np.where(b >= 0, np.minimum(s[a], s[np.maximum(b, 0)]), s[a]) if len(a) else s[:0]
+
+    return Bonds(
+        pairs=pairs.astype(np.int32),
+        points=points.astype(np.float64),
+        normals=normals.astype(np.float64),
+        areas=areas.astype(np.float64),
+        **{k: weaker(s) for k, s in strength.items()},
+    )
+
+
+# ----------------------------------------------------------------------------- fracture
+
+
+def _check_count(n_pieces: int) -> None:
+    if int(n_pieces) != n_pieces or not 1 <= n_pieces <= MAX_PIECES:
+        raise UserError(f"fracture.pieces must be an integer 1..{MAX_PIECES}, got {n_pieces!r}")
+
+
+def fracture_parts(
+    parts: Sequence[Part],
+    n_pieces: int,
+    seed: int = 0,
+    detail: Sequence[tuple] = (),
+    *,
+    overrides: dict | None = None,
+    anchor_to_ground: bool = True,
+    progress: Callable[[int, str], Any] | None = None,
+) -> Scene:
+    """Fracture ``parts`` into about ``n_pieces`` pieces (at least one per part) and bond them.
+
+    ``detail`` is a list of ``(position (3,), radius [m], factor)``: within ``radius`` of
+    ``position`` pieces are about ``factor`` times smaller in volume. ``overrides`` are the
+    shot's ``[materials.<name>]`` tables. ``progress(total, description)`` is a context manager
+    factory whose bar has ``.advance(n)`` (``StageContext.progress``).
+    """
+    _check_count(n_pieces)
+    if not parts:
+        raise UserError("the building has no parts: nothing to fracture")
+    for d in detail:
+        if not float(d[1]) > 0 or not float(d[2]) > 0:
+            raise UserError(
+                f"detail radius and factor must be > 0, got radius {d[1]}, factor {d[2]}"
+            )
+    rng = np.random.default_rng(seed)
+    counts = allocate_seeds(weighted_volumes(parts, detail, rng), int(n_pieces))
+    seeds = [_sample_inside(p, int(c), rng, detail) for p, c in zip(parts, counts)]
+    return fracture_with_seeds(
+        parts, seeds, overrides=overrides, anchor_to_ground=anchor_to_ground, progress=progress
+    )
+
+
+def fracture_with_seeds(
+    parts: Sequence[Part],
+    seeds: Sequence[np.ndarray],
+    *,
+    overrides: dict | None = None,
+    anchor_to_ground: bool = True,
+    progress: Callable[[int, str], Any] | None = None,
+) -> Scene:
+    """The scene from given Voronoi seeds: ``seeds[k]`` ((n_k, 3), inside ``parts[k]``)."""
+    densities = {name: resolve(name, overrides).density for name in {p.material for p in parts}}
+    pieces: list[Piece] = []
+    elements = []
+    total = sum(max(len(s), 1) for s in seeds)
+    with progress(total, "fracture") if progress else nullcontext() as bar:
+        on_cell = bar.advance if bar is not None else None
+        for part, s in zip(parts, seeds):
+            bits = fracture_cells(part, np.asarray(s, dtype=np.float64).reshape(-1, 3), on_cell)
+            made = [_make_piece(b, part, n, densities[part.material]) for n, b in enumerate(bits)]
+            pieces.extend(made)
+            elements.append(
+                {
+                    "name": part.name,
+                    "kind": part.kind,
+                    "material": part.material,
+                    "volume": float(part.mesh.volume),
+                    "pieces": len(made),
+                }
+            )
+    input_volume = float(math.fsum(e["volume"] for e in elements))
+    bonds = make_bonds(pieces, overrides, anchor_to_ground)
+    used = sorted({p.material for p in pieces}, key=MATERIAL_NAMES.index)
+    return Scene(pieces, bonds, input_volume, material_names=tuple(used), elements=elements)
+
+
+def _detail_of(shot) -> list[tuple]:
+    detail = [(tuple(d.position), float(d.radius), float(d.factor)) for d in shot.fracture.detail]
+    detail += [(tuple(c.position), float(c.radius), CHARGE_DETAIL_FACTOR) for c in shot.charges]
+    return detail
+
+
+def prepare(shot, *, progress: Callable[[int, str], Any] | None = None) -> Scene:
+    """The shot's building, fractured and bonded (DESIGN.md section 5)."""
+    from destruct.building import building_from_shot
+
+    method = getattr(shot.fracture, "method", "voronoi")
+    if method != "voronoi":
+        raise UserError(f"fracture.method {method!r} is not supported; allowed: 'voronoi'")
+    b = shot.building
+    origin = np.zeros(3)
+    repair: dict[str, Any] = {}
+    if getattr(b, "mesh", None) is not None:
+        from destruct.meshio import load_parts
+
+        parts, origin, repair = load_parts(
+            b.mesh,
+            scale=b.scale,
+            up=b.up,
+            material=b.material,
+            materials=b.materials,
+            max_parts=MAX_PIECES,
+        )
+    else:
+        parts = building_from_shot(b)
+    seed = shot.fracture.seed if shot.fracture.seed is not None else shot.shot.seed
+    scene = fracture_parts(
+        parts,
+        shot.fracture.pieces,
+        seed,
+        _detail_of(shot),
+        overrides=_overrides_of(shot),
+        anchor_to_ground=bool(shot.sim.anchor_to_ground),
+        progress=progress,
+    )
+    scene.origin = np.asarray(origin, dtype=np.float64)
+    scene.repair = repair
+    return scene
+
+
+def _overrides_of(shot) -> dict[str, Any]:
+    """``shot.materials`` as {name: {key: value}} (it may be a dict or a pydantic model)."""
+    m = getattr(shot, "materials", None) or {}
+    if hasattr(m, "model_dump"):
+        m = m.model_dump()
+    return {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in dict(m).items()}
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+def scene_arrays(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The arrays of pieces.npz and bonds.npz (docs/FORMATS.md), without the format label."""
+    P = len(scene.pieces)
+    names = list(scene.material_names)
+    com = np.array([p.com for p in scene.pieces], dtype=np.float64).reshape(P, 3)
+    verts = [np.asarray(p.mesh.vertices, np.float64) - p.com for p in scene.pieces]
+    faces = [np.asarray(p.mesh.faces) for p in scene.pieces]
+    hulls = [(i, h - p.com) for i, p in enumerate(scene.pieces) for h in p.hulls]
+
+    def offsets(sizes):
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+    def stack(arrays, width, dtype):
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros((0, width), dtype)
+
+    pieces = {
+        "names": np.array([p.name for p in scene.pieces], dtype=str),
+        "element": np.array([p.element for p in scene.pieces], dtype=str),
+        "kind": np.array([p.kind for p in scene.pieces], dtype=str),
+        "material": np.array([names.index(p.material) for p in scene.pieces], dtype=np.int32),
+        "material_names": np.array(names, dtype=str),
+        "volume": np.array([p.volume for p in scene.pieces], dtype=np.float64),
+        "mass": np.array([p.mass for p in scene.pieces], dtype=np.float64),
+        "com": com,
+        "inertia": np.array([p.inertia for p in scene.pieces], dtype=np.float64).reshape(P, 3, 3),
+        "vert_offset": offsets([len(v) for v in verts]),
+        "vertices": stack(verts, 3, np.float32),
+        "face_offset": offsets([len(f) for f in faces]),
+        "faces": stack(faces, 3, np.int32),
+        "face_interior": np.concatenate([p.interior for p in scene.pieces]).astype(bool)
+        if P
+        else np.zeros(0, bool),
+        "hull_piece": np.array([i for i, _ in hulls], dtype=np.int32),
+        "hull_offset": offsets([len(h) for _, h in hulls]),
+        "hull_vertices": stack([h for _, h in hulls], 3, np.float32),
+        "origin": np.asarray(scene.origin, dtype=np.float64).reshape(3),
+    }
+    b = scene.bonds
+    bonds = {
+        "pairs": np.asarray(b.pairs, dtype=np.int32).reshape(-1, 2),
+        "points": np.asarray(b.points, dtype=np.float64).reshape(-1, 3),
+        "normals": np.asarray(b.normals, dtype=np.float64).reshape(-1, 3),
+        "areas": np.asarray(b.areas, dtype=np.float64),
+        "tensile": np.asarray(b.tensile, dtype=np.float64),
+        "shear": np.asarray(b.shear, dtype=np.float64),
+        "compressive": np.asarray(b.compressive, dtype=np.float64),
+    }
+    return pieces, bonds
+
+
+def fracture_summary(scene: Scene) -> dict[str, Any]:
+    """The content of fracture.json."""
+    return {
+        "format": FRACTURE_FORMAT,
+        "pieces": len(scene.pieces),
+        "bonds": len(scene.bonds),
+        "ground_bonds": scene.ground_bonds,
+        "input_volume": scene.input_volume,
+        "pieces_volume": scene.pieces_volume,
+        "volume_error": scene.volume_error,
+        "repair": scene.repair,
+        "elements": scene.elements,
+    }
+
+
+def write_fracture(scene: Scene, folder: str | Path) -> Path:
+    """Write pieces.npz, bonds.npz and fracture.json into ``folder`` (atomically each)."""
+    folder = Path(folder)
+    pieces, bonds = scene_arrays(scene)
+    save_npz(folder / "pieces.npz", PIECES_FORMAT, **pieces)
+    save_npz(folder / "bonds.npz", BONDS_FORMAT, **bonds)
+    save_json(folder / "fracture.json", fracture_summary(scene))
+    return folder
+
+
+def read_fracture(folder: str | Path) -> Scene:
+    """The :class:`Scene` stored in ``folder`` (meshes and hulls back in world space)."""
+    folder = Path(folder)
+    a = load_npz(folder / "pieces.npz", PIECES_FORMAT)
+    b = load_npz(folder / "bonds.npz", BONDS_FORMAT)
+    info = load_json(folder / "fracture.json", FRACTURE_FORMAT)
+    names = tuple(str(s) for s in a["material_names"])
+    hulls: list[list[np.ndarray]] = [[] for _ in range(len(a["names"]))]
+    for h, i in enumerate(a["hull_piece"]):
+        hulls[i].append(a["hull_vertices"][a["hull_offset"][h] : a["hull_offset"][h + 1]])
+    pieces = []
+    for i, name in enumerate(a["names"]):
+        com = a["com"][i]
+        v = a["vertices"][a["vert_offset"][i] : a["vert_offset"][i + 1]].astype(np.float64) + com
+        fs = slice(a["face_offset"][i], a["face_offset"][i + 1])
+        pieces.append(
+            Piece(
+                name=str(name),
+                element=str(a["element"][i]),
+                kind=str(a["kind"][i]),
+                material=names[a["material"][i]],
+                mesh=trimesh.Trimesh(v, a["faces"][fs].astype(np.int64), process=False),
+                interior=a["face_interior"][fs].copy(),
+                volume=float(a["volume"][i]),
+                mass=float(a["mass"][i]),
+                com=com.copy(),
+                inertia=a["inertia"][i].copy(),
+                hulls=[h.astype(np.float64) + com for h in hulls[i]],
+            )
+        )
+    bonds = Bonds(
+        **{
+            k: b[k]
+            for k in ("pairs", "points", "normals", "areas", "tensile", "shear", "compressive")
+        }
+    )
+    return Scene(
+        pieces,
+        bonds,
+        float(info["input_volume"]),
+        origin=a["origin"].copy(),
+        material_names=names,
+        elements=list(info.get("elements", [])),
+        repair=dict(info.get("repair", {})),
+    )
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def run_prepare(ctx: StageContext) -> dict[str, Any]:
+    """The ``prepare`` stage: shot -> ``fracture/`` (pieces.npz, bonds.npz, fracture.json)."""
+    t0 = time.perf_counter()
+    scene = prepare(ctx.shot, progress=ctx.progress)
+    seconds = time.perf_counter() - t0
+    if scene.volume_error > 1e-6:
+        ctx.warn(f"fracture lost volume: relative error {scene.volume_error:.2e} (expected < 1e-6)")
+    write_fracture(scene, ctx.path("fracture", "pieces.npz").parent)
+    hulls = sum(len(p.hulls) for p in scene.pieces)
+    return {
+        "pieces": len(scene.pieces),
+        "bonds": len(scene.bonds),
+        "ground_bonds": scene.ground_bonds,
+        "parts": len(scene.elements),
+        "hulls": hulls,
+        "input_volume": scene.input_volume,
+        "pieces_volume": scene.pieces_volume,
+        "volume_error": scene.volume_error,
+        "seconds_fracture": seconds,
+    }

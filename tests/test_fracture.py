@@ -1,0 +1,337 @@
+"""Voronoi fracture, pieces, bonds and the fracture/ artifact (issue 3)."""
+
+from types import SimpleNamespace
+
+import manifold3d as m3
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import ConvexHull
+
+from destruct.building import Part, box_mesh, build_procedural
+from destruct.errors import UserError
+from destruct.fracture import (
+    MAX_PIECES,
+    fracture_parts,
+    fracture_with_seeds,
+    prepare,
+    read_fracture,
+    run_prepare,
+    scene_arrays,
+    write_fracture,
+)
+from destruct.io import load_json, load_npz
+from destruct.materials import PRESETS
+from destruct.meshio import points_inside
+
+
+def _box_part(lo, hi, name="part_00", material="concrete"):
+    return Part(name, "part", material, box_mesh(lo, hi))
+
+
+def _l_part():
+    """An L-shaped block: a 2 x 1 x 1 foot and a 1 x 1 x 1 riser on one end (volume 3)."""
+    a = m3.Manifold.cube([2.0, 1.0, 1.0])
+    b = m3.Manifold.cube([1.0, 1.0, 1.0]).translate([0.0, 1.0, 0.0])
+    mesh = (a + b).to_mesh64()
+    return Part(
+        "lshape_00",
+        "part",
+        "brick",
+        trimesh.Trimesh(
+            mesh.vert_properties[:, :3], mesh.tri_verts.astype(np.int64), process=False
+        ),
+    )
+
+
+def _hollow_part():
+    """A 2 m box with a 1 m cavity (volume 7): the outer shell plus an inward-facing inner one."""
+    outer = box_mesh((-1, 0, -1), (1, 2, 1))
+    inner = box_mesh((-0.5, 0.5, -0.5), (0.5, 1.5, 0.5))
+    inner.invert()
+    return Part("hollow_00", "part", "concrete", trimesh.util.concatenate([outer, inner]))
+
+
+def _manifold(mesh):
+    return m3.Manifold(
+        m3.Mesh64(
+            vert_properties=np.array(mesh.vertices, dtype=np.float64),
+            tri_verts=np.array(mesh.faces, dtype=np.uint64),
+        )
+    )
+
+
+def _assert_sound(scene, sample_pairs=40):
+    """Volume conserved, every piece a closed volume, bonded and sampled pairs disjoint."""
+    assert scene.volume_error < 1e-6
+    for p in scene.pieces:
+        assert p.mesh.is_watertight and p.mesh.is_winding_consistent
+        assert p.volume > 0 and p.mesh.volume == pytest.approx(p.volume, rel=1e-9)
+        assert len(p.interior) == len(p.mesh.faces)
+    mans = [_manifold(p.mesh) for p in scene.pieces]
+    assert all(not m.is_empty() for m in mans)
+    rng = np.random.default_rng(0)
+    pairs = [tuple(b) for b in scene.bonds.pairs if b[1] >= 0]
+    pairs += [tuple(rng.choice(len(mans), 2, replace=False)) for _ in range(sample_pairs)]
+    for i, j in pairs:
+        common = (mans[i] ^ mans[j]).volume()
+        assert common < 1e-9 * min(scene.pieces[i].volume, scene.pieces[j].volume)
+
+
+@pytest.mark.parametrize(
+    "parts, n",
+    [
+        (build_procedural(floors=1, bays_x=1, bays_z=1, windows=True), 40),
+        ([_l_part()], 25),
+        ([_hollow_part()], 25),
+    ],
+    ids=["procedural", "l-shape", "hollow-box"],
+)
+def test_volume_conserved_watertight_disjoint(parts, n):
+    scene = fracture_parts(parts, n, seed=3)
+    assert len(scene.pieces) >= n
+    assert scene.input_volume == pytest.approx(sum(p.mesh.volume for p in parts), rel=1e-12)
+    _assert_sound(scene)
+
+
+def test_hollow_box_keeps_its_cavity():
+    scene = fracture_parts([_hollow_part()], 12, seed=1)
+    assert scene.input_volume == pytest.approx(7.0, rel=1e-12)
+    assert scene.pieces_volume == pytest.approx(7.0, rel=1e-9)
+    # no piece reaches into the cavity: the cavity centre is inside no piece
+    for p in scene.pieces:
+        assert not points_inside(p.mesh, [[0.0, 1.0, 0.0]])[0]
+
+
+def test_two_halves_of_a_box_one_bond_with_the_cut_area():
+    part = _box_part((0, 0, 0), (2, 1, 1))
+    scene = fracture_with_seeds([part], [np.array([[0.5, 0.5, 0.5], [1.5, 0.5, 0.5]])])
+    inner = scene.bonds.pairs[:, 1] >= 0
+    assert inner.sum() == 1
+    k = np.flatnonzero(inner)[0]
+    assert tuple(scene.bonds.pairs[k]) == (0, 1)
+    assert scene.bonds.areas[k] == pytest.approx(1.0, rel=1e-9)
+    np.testing.assert_allclose(scene.bonds.points[k], [1.0, 0.5, 0.5], atol=1e-9)
+    np.testing.assert_allclose(scene.bonds.normals[k], [1.0, 0.0, 0.0], atol=1e-12)
+    # the cut faces, and only they, are interior: 1 m^2 on each half
+    for p in scene.pieces:
+        areas = p.mesh.area_faces
+        assert areas[p.interior].sum() == pytest.approx(1.0, rel=1e-12)
+        assert np.allclose(p.mesh.triangles_center[p.interior][:, 0], 1.0)
+        assert p.volume == pytest.approx(1.0, rel=1e-12)
+
+
+def test_oblique_cut_bond_area_matches_the_section():
+    part = _box_part((0, 0, 0), (2, 1, 1))
+    a, b = np.array([0.6, 0.3, 0.4]), np.array([1.3, 0.7, 0.6])
+    scene = fracture_with_seeds([part], [np.stack([a, b])], anchor_to_ground=False)
+    assert len(scene.bonds) == 1
+    n = (b - a) / np.linalg.norm(b - a)
+    # the section of a box is a convex polygon: the hull of the plane's edge crossings
+    segments = trimesh.intersections.mesh_plane(part.mesh, n, (a + b) / 2)
+    pts = segments.reshape(-1, 3)
+    u = np.cross(n, [0, 0, 1.0])
+    u /= np.linalg.norm(u)
+    section_area = ConvexHull(np.column_stack([pts @ u, pts @ np.cross(n, u)])).volume
+    assert scene.bonds.areas[0] == pytest.approx(section_area, rel=1e-9)
+    np.testing.assert_allclose(scene.bonds.normals[0], n, atol=1e-9)
+
+
+def test_column_on_slab_is_bonded_and_grounded():
+    slab = Part("slab_00", "slab", "concrete", box_mesh((-2, 0, -2), (2, 0.2, 2)))
+    column = Part("column_00", "column", "steel", box_mesh((-0.2, 0.2, -0.2), (0.2, 3, 0.2)))
+    scene = fracture_with_seeds([slab, column], [np.zeros((1, 3)) + [0, 0.1, 0], [[0, 1, 0]]])
+    b = scene.bonds
+    assert [tuple(p) for p in b.pairs] == [(0, 1), (0, -1)]
+    assert b.areas[0] == pytest.approx(0.16, rel=1e-9)
+    np.testing.assert_allclose(b.points[0], [0, 0.2, 0], atol=1e-9)
+    np.testing.assert_allclose(b.normals[0], [0, 1, 0], atol=1e-12)
+    # the weaker material (concrete, not steel) sets the strength of the mixed bond
+    assert b.tensile[0] == PRESETS["concrete"].tensile
+    # ground bond: the slab's 16 m^2 underside, centred, normal towards the ground
+    assert b.areas[1] == pytest.approx(16.0, rel=1e-12)
+    np.testing.assert_allclose(b.points[1], [0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(b.normals[1], [0, -1, 0])
+    assert scene.ground_bonds == 1
+    assert len(fracture_with_seeds([slab, column], [[[0, 0.1, 0]], [[0, 1, 0]]],
+                                   anchor_to_ground=False).bonds) == 1  # fmt: skip
+
+
+def test_procedural_building_bonds_every_piece():
+    scene = fracture_parts(build_procedural(floors=2, bays_x=1, bays_z=1), 60, seed=0)
+    pairs = scene.bonds.pairs
+    # the bond graph (with the ground) connects every piece: nothing floats
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(range(-1, len(scene.pieces)))
+    g.add_edges_from(map(tuple, pairs))
+    assert nx.is_connected(g)
+    assert np.all(scene.bonds.areas > 0)
+    ground = pairs[pairs[:, 1] < 0, 0]
+    assert all(scene.pieces[i].mesh.bounds[0, 1] == 0.0 for i in ground)
+    assert {scene.pieces[i].kind for i in ground} <= {"column", "wall"}
+
+
+def test_same_seed_same_pieces_other_seed_different():
+    part = [_l_part()]
+    a, b, c = (fracture_parts(part, 15, seed=s) for s in (7, 7, 8))
+    va = [p.mesh.vertices for p in a.pieces]
+    assert all(np.array_equal(x, y.mesh.vertices) for x, y in zip(va, b.pieces))
+    assert np.array_equal(a.bonds.areas, b.bonds.areas)
+    assert not all(
+        x.shape == y.mesh.vertices.shape and np.allclose(x, y.mesh.vertices)
+        for x, y in zip(va, c.pieces)
+    )
+
+
+def test_pieces_near_a_charge_are_smaller():
+    bar = _box_part((-5, 0, -0.5), (5, 1, 0.5))
+    charge = ((-3.5, 0.5, 0.0), 1.5, 4.0)
+    scene = fracture_parts([bar], 60, seed=2, detail=[charge])
+    com = np.array([p.com for p in scene.pieces])
+    vol = np.array([p.volume for p in scene.pieces])
+    near = np.linalg.norm(com - charge[0], axis=1) < charge[1]
+    far = com[:, 0] > 0
+    assert near.sum() >= 5 and far.sum() >= 5
+    assert vol[near].mean() < 0.5 * vol[far].mean()
+    assert scene.volume_error < 1e-6
+
+
+def test_far_from_convex_piece_gets_a_compound_of_hulls():
+    thin_l = Part(
+        "l_00",
+        "part",
+        "concrete",
+        _mesh_of(m3.Manifold.cube([2, 0.2, 1]) + m3.Manifold.cube([0.2, 2, 1])),
+    )
+    scene = fracture_with_seeds([thin_l], [[[0.1, 0.1, 0.5]]])
+    (p,) = scene.pieces
+    assert p.volume == pytest.approx(2 * 0.2 + 0.2 * 1.8, rel=1e-12)
+    hulls = [ConvexHull(h) for h in p.hulls]
+    assert len(hulls) >= 2
+    assert sum(h.volume for h in hulls) <= 1.3 * p.volume
+    # the hulls cover the piece: points inside it are inside some hull
+    rng = np.random.default_rng(0)
+    pts = rng.random((4000, 3)) * [2, 2, 1]
+    pts = pts[points_inside(p.mesh, pts)]
+    assert len(pts) > 500
+    inside_any = np.zeros(len(pts), bool)
+    for h in hulls:
+        inside_any |= np.all(pts @ h.equations[:, :3].T + h.equations[:, 3] <= 1e-9, axis=1)
+    assert inside_any.all()
+    # a convex piece keeps a single hull equal to itself
+    (box,) = fracture_with_seeds([_box_part((0, 0, 0), (1, 1, 1))], [[[0.5] * 3]]).pieces
+    assert len(box.hulls) == 1 and ConvexHull(box.hulls[0]).volume == pytest.approx(1.0)
+
+
+def _mesh_of(man):
+    mesh = man.to_mesh64()
+    return trimesh.Trimesh(
+        mesh.vert_properties[:, :3], mesh.tri_verts.astype(np.int64), process=False
+    )
+
+
+def test_mass_properties_of_a_box_piece():
+    (p,) = fracture_with_seeds(
+        [_box_part((1, 0, 0), (3, 1, 1), material="steel")], [[[2, 0.5, 0.5]]]
+    ).pieces
+    m = 2.0 * 7850.0
+    assert p.mass == pytest.approx(m, rel=1e-12)
+    np.testing.assert_allclose(p.com, [2, 0.5, 0.5], atol=1e-12)
+    expected = np.diag([m * (1 + 1) / 12, m * (4 + 1) / 12, m * (4 + 1) / 12])
+    np.testing.assert_allclose(p.inertia, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_material_overrides_reach_mass_and_bonds():
+    part = _box_part((0, 0, 0), (2, 1, 1))
+    over = {"concrete": {"density": 1000.0, "tensile": 5.0}}
+    scene = fracture_with_seeds([part], [[[0.5, 0.5, 0.5], [1.5, 0.5, 0.5]]], overrides=over)
+    assert scene.pieces[0].mass == pytest.approx(1000.0)
+    assert np.all(scene.bonds.tensile == 5.0)
+    assert np.all(scene.bonds.shear == PRESETS["concrete"].shear)
+
+
+def test_piece_count_limits():
+    part = [_box_part((0, 0, 0), (1, 1, 1))]
+    for bad in (0, MAX_PIECES + 1, 2.5):
+        with pytest.raises(UserError, match="fracture.pieces must be an integer 1..100000"):
+            fracture_parts(part, bad)
+
+
+def test_names_follow_the_convention():
+    scene = fracture_parts([_box_part((0, 0, 0), (2, 1, 1), name="column_03")], 3, seed=0)
+    assert [p.name for p in scene.pieces] == [f"column_03.piece_{n:04d}" for n in range(3)]
+    assert all(p.element == "column_03" for p in scene.pieces)
+
+
+def test_write_read_round_trip_gives_identical_arrays(tmp_path):
+    scene = fracture_parts(build_procedural(floors=1, bays_x=1, bays_z=1), 20, seed=5)
+    write_fracture(scene, tmp_path / "a")
+    back = read_fracture(tmp_path / "a")
+    write_fracture(back, tmp_path / "b")
+    for name, fmt in (("pieces", "destruct.pieces/1"), ("bonds", "destruct.bonds/1")):
+        a = load_npz(tmp_path / "a" / f"{name}.npz", fmt)
+        b = load_npz(tmp_path / "b" / f"{name}.npz", fmt)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    pieces, bonds = scene_arrays(scene)
+    assert pieces["vertices"].dtype == np.float32 and pieces["faces"].dtype == np.int32
+    assert pieces["names"].dtype.kind == "U" and bonds["pairs"].dtype == np.int32
+    # local frames: each piece's render vertices average near its centre of mass
+    off = pieces["vert_offset"]
+    assert off[-1] == len(pieces["vertices"]) and pieces["face_offset"][-1] == len(pieces["faces"])
+    info = load_json(tmp_path / "a" / "fracture.json", "destruct.fracture/1")
+    assert info["pieces"] == len(scene.pieces) and info["bonds"] == len(scene.bonds)
+    assert info["volume_error"] < 1e-6
+    assert sum(e["pieces"] for e in info["elements"]) == len(scene.pieces)
+    assert back.volume_error == pytest.approx(scene.volume_error)
+
+
+def _shot(**over):
+    """A stand-in with the DESIGN.md section 4 field names (until destruct.shot lands)."""
+    proc = SimpleNamespace(
+        floors=1, bays_x=1, bays_z=1, bay=4.0, story=3.0, windows=True, interior_walls=False
+    )
+    shot = SimpleNamespace(
+        shot=SimpleNamespace(seed=0),
+        building=SimpleNamespace(
+            procedural=proc, mesh=None, scale=1.0, up="y", material="concrete",
+            materials={"window": "glass", "column": "reinforced_concrete"},
+        ),
+        materials={"glass": {"tensile": 1e6, "density": None}},
+        fracture=SimpleNamespace(pieces=30, method="voronoi", seed=None, detail=[]),
+        charges=[SimpleNamespace(time=0.5, position=[0, 1, 0], radius=1.0, impulse=100.0)],
+        sim=SimpleNamespace(anchor_to_ground=True),
+    )  # fmt: skip
+    for k, v in over.items():
+        setattr(shot.fracture, k, v)
+    return shot
+
+
+def test_prepare_reads_the_shot():
+    scene = prepare(_shot())
+    kinds = {p.kind: p.material for p in scene.pieces}
+    assert kinds["window"] == "glass" and kinds["column"] == "reinforced_concrete"
+    assert kinds["slab"] == "concrete"
+    assert set(scene.material_names) == {"concrete", "reinforced_concrete", "glass"}
+    glass = [i for i, p in enumerate(scene.pieces) if p.material == "glass"]
+    only_glass = np.isin(scene.bonds.pairs[:, 0], glass) & np.isin(scene.bonds.pairs[:, 1], glass)
+    assert np.all(scene.bonds.tensile[only_glass] == 1e6)
+    with pytest.raises(UserError, match="fracture.method"):
+        prepare(_shot(method="shatter"))
+
+
+def test_run_prepare_writes_the_artifact(tmp_path):
+    from destruct.rundir import RunDir
+    from destruct.stages import Stage, StageContext
+
+    ctx = StageContext(shot=_shot(), run=RunDir(tmp_path), stage=Stage.PREPARE, frames=[])
+    figures = run_prepare(ctx)
+    assert figures["pieces"] >= 30 and figures["bonds"] > figures["pieces"]
+    assert figures["volume_error"] < 1e-6 and figures["ground_bonds"] > 0
+    assert figures["input_volume"] == pytest.approx(figures["pieces_volume"], rel=1e-6)
+    for name in ("pieces.npz", "bonds.npz", "fracture.json"):
+        assert (tmp_path / "fracture" / name).is_file()
+    assert len(read_fracture(tmp_path / "fracture").pieces) == figures["pieces"]
