@@ -206,6 +206,10 @@ def wedge(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one clear message and exit 2, never a traceback."""
+    import warnings
+
+    # trimesh warns on the degenerate meshes that the import then refuses with a clear message
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"trimesh\.")
     try:
         rv = app(args=argv, standalone_mode=False)
     except DestructError as e:
