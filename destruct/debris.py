@@ -1,0 +1,489 @@
+"""Rubble and dust born from breaking bonds (issue 5; DESIGN.md section 6, last paragraph).
+
+:class:`DebrisSystem` is the host side of ``sim_kernels/debris.py``: it owns the particle tables,
+turns broken bonds and charges into emission sources, and steps rubble (small rigid spheres that
+collide with the ground and, one way, with the pieces' convex hulls) and dust (passive particles:
+drag, rise, curl-noise turbulence, growth and fade). The simulate stage drives it once per frame::
+
+    debris = DebrisSystem(seed=shot.shot.seed, materials=materials, ...)
+    hulls = hull_planes_from_points(pieces["hull_vertices"], pieces["hull_offset"])   # once
+    # per frame, after World.step(dt):
+    debris.set_colliders(hulls, pieces["hull_piece"], w.positions(), w.rotations(),
+                         w.velocities(), w.angular_velocities())
+    debris.step(dt, substeps)
+    debris.emit_breaks(...the bonds that broke in this step..., time=debris.time)
+    frame_arrays.update(debris.snapshot())
+
+Slots are ring buffers: the n-th rubble bit ever emitted lives in slot ``n % max_rubble`` (its
+``rubble_id``), so ids are stable and only reused when the cap forces the oldest out; dust works
+the same way with ``max_dust``. Rubble never expires; dust expires at the end of its lifetime.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from destruct.materials import PRESETS, Material
+
+#: Reference fracture energy per unit of broken area [J/m^2]: about the fracture energy G_F of
+#: normal-strength concrete (fib Model Code 2010, eq. 5.1-9: G_F = 73 f_cm^0.18 N/m, 135 J/m^2
+#: for C30/37). A break that releases G_REF per m^2 emits ``per_break`` bits per m^2.
+G_REF = 100.0
+#: The count grows linearly with the break energy (Rittinger's law: new surface, and so the number
+#: of fragments of a given size distribution, is proportional to the comminution energy), up to
+#: this multiple of the reference count.
+MAX_ENERGY_SCALE = 8.0
+#: Spread speed of rubble [m/s] = SPREAD_K * sqrt(tensile / density) * sqrt(energy scale): the
+#: square root of the specific strength is the velocity scale of the elastic energy a material
+#: stores before it fails (about 1 m/s for concrete, 4 m/s for glass); SPREAD_K is perceptual.
+SPREAD_K = 0.03
+MAX_SPREAD = 30.0
+DUST_PER_BIT = 4.0  # dust particles per rubble bit
+DUST_R0, DUST_LIFE, DUST_RISE = 0.15, 5.0, 0.8  # break dust: radius [m], lifetime [s], rise [m/s]
+#: A charge's burst: BURST_BITS rubble bits, BURST_DUST dust per bit and BURST_SPEED [m/s] outward
+#: at IMPULSE_REF, scaling with sqrt(impulse / IMPULSE_REF).
+IMPULSE_REF, BURST_BITS, BURST_SPEED, BURST_DUST = 1e4, 100.0, 4.0, 10.0
+BURST_R0, BURST_LIFE, BURST_RISE = 0.4, 8.0, 1.5
+TURBULENCE = 0.6  # curl-noise air speed scale [m/s]
+TAU_DRAG = 0.4  # dust velocity relaxation time [s]
+FADE_IN = 0.15  # dust opacity ramp at birth [s]
+V_SLEEP, SLEEP_TIME, V_WAKE, WAKE_TOL = 0.05, 0.5, 0.05, 1e-3  # [m/s], [s], [m/s], [m]
+
+
+@dataclass(frozen=True)
+class HullPlanes:
+    """Convex hulls as planes, in each piece's local frame (from :func:`hull_planes_from_points`).
+
+    ``planes: (K, 4) f64``: (n, d) with unit outward n; a point p is inside when n.p + d <= 0.
+    ``plane_offset: (H + 1,) int64``: hull h owns ``planes[plane_offset[h]:plane_offset[h+1]]``.
+    ``center: (H, 3) f64`` and ``radius: (H,) f64``: a bounding sphere of each hull [m].
+    """
+
+    planes: np.ndarray
+    plane_offset: np.ndarray
+    center: np.ndarray
+    radius: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.radius)
+
+
+def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
+    """Planes of the convex hull of each point set (scipy's Qhull ``equations``, coplanar facets
+    merged). ``vertices``: ``(HV, 3)`` points with ``offset: (H + 1,)`` (the ``hull_vertices`` /
+    ``hull_offset`` of ``fracture/pieces.npz``), or a list of ``(k, 3)`` arrays. A flat or
+    degenerate set is joggled (Qhull ``QJ``) into a thin hull rather than dropped."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    if offset is None:
+        sets = [np.asarray(v, dtype=np.float64).reshape(-1, 3) for v in vertices]
+    else:
+        pts = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+        off = np.asarray(offset, dtype=np.int64)
+        sets = [pts[off[h]:off[h + 1]] for h in range(len(off) - 1)]
+    planes, counts = [], []
+    center = np.zeros((len(sets), 3))
+    radius = np.zeros(len(sets))
+    for h, p in enumerate(sets):
+        if len(p) == 0:
+            raise ValueError(f"hull {h} has no points")
+        lo, hi = p.min(axis=0), p.max(axis=0)
+        center[h] = 0.5 * (lo + hi)
+        radius[h] = np.linalg.norm(p - center[h], axis=1).max()
+        try:
+            eq = ConvexHull(p).equations
+        except QhullError:
+            try:
+                eq = ConvexHull(p, qhull_options="QJ").equations
+            except QhullError:  # fewer than 4 distinct points: no volume to collide with
+                eq = np.zeros((0, 4))
+        eq = np.unique(np.round(eq, 9), axis=0)
+        planes.append(eq)
+        counts.append(len(eq))
+    return HullPlanes(
+        planes=np.concatenate(planes) if planes else np.zeros((0, 4)),
+        plane_offset=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        center=center,
+        radius=radius,
+    )
+
+
+def _f3(a, n: int, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape != (n, 3):
+        raise ValueError(f"{name} must have shape ({n}, 3), got {a.shape}")
+    return a
+
+
+def _f1(a, n: int, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    return a
+
+
+class DebrisSystem:
+    """Rubble and dust particles in ring-buffer slots, stepped by Taichi kernels. SI units.
+
+    ``materials``: the run's materials in order (index = material id in ``emit_breaks``); the
+    rubble takes its friction and restitution and the spread of a break from them.
+    ``backend`` / ``threads``: as ``sim_kernels.backend.init`` (Taichi is set up once per process).
+    """
+
+    def __init__(self, *, seed: int, max_rubble: int = 50_000, max_dust: int = 200_000,
+                 dust: bool = True, gravity=(0, -9.81, 0), ground: bool = True,
+                 backend: str = "cpu", threads: int = 0,
+                 materials: Sequence[Material] | None = None) -> None:
+        from sim_kernels import debris as K
+        from sim_kernels.backend import init, ti
+
+        if max_rubble < 0 or max_dust < 0:
+            raise ValueError(f"max_rubble and max_dust must be >= 0, got {max_rubble}, {max_dust}")
+        self.arch = init(backend, threads)
+        self._K, self._ti = K, ti
+        self.seed = int(seed)
+        self._seed32 = (self.seed ^ (self.seed >> 32)) & 0xFFFFFFFF
+        self.max_rubble, self.max_dust = int(max_rubble), int(max_dust)
+        self.dust = bool(dust)
+        self.gravity = tuple(float(g) for g in gravity)
+        self.ground = bool(ground)
+        mats = list(materials) if materials else [PRESETS["concrete"]]
+        self.materials = mats
+        self._mat = self._upload(np.array([[m.friction, m.restitution] for m in mats]))
+        self._spec = np.array([math.sqrt(m.tensile / m.density) for m in mats])
+
+        self._rf = self._zeros_f(self.max_rubble, K.NRF)
+        self._ri = self._zeros_i(self.max_rubble, K.NRI)
+        self._df = self._zeros_f(self.max_dust, K.NDF)
+        self._modes = self._upload(self._noise_modes(self.seed))
+        self.time = 0.0  # [s], advanced by step(); emissions are dated on the same clock
+        self._rubble_serial = 0  # rubble bits ever emitted
+        self._dust_serial = 0
+        self._source_serial = 0  # emission sources ever drawn (random stream for their counts)
+        self.peak_rubble = 0
+        self.peak_dust = 0
+        # colliders
+        self._hulls: HullPlanes | None = None
+        self._hull_piece: np.ndarray | None = None
+        self._pose0: np.ndarray | None = None  # (P, 7) position + wxyz at the start of the next step
+        self._pose1: np.ndarray | None = None
+        self._vel: np.ndarray | None = None  # (P, 6) velocity + angular velocity
+        self._grid_t = 0
+
+    # ---- allocation helpers ----
+
+    def _zeros_f(self, rows: int, cols: int):
+        from sim_kernels.backend import ndarray_f
+
+        return ndarray_f(rows, cols)
+
+    def _zeros_i(self, rows: int, cols: int):
+        from sim_kernels.backend import ndarray_i
+
+        return ndarray_i(rows, cols)
+
+    def _upload(self, a: np.ndarray, dtype=np.float64):
+        """A Taichi ndarray holding ``a`` (at least one row)."""
+        ti = self._ti
+        a = np.ascontiguousarray(a, dtype=dtype)
+        if len(a) == 0:
+            a = np.zeros((1,) + a.shape[1:], dtype=dtype)
+        out = ti.ndarray(dtype=ti.f64 if dtype == np.float64 else ti.i32, shape=a.shape)
+        out.from_numpy(a)
+        return out
+
+    @staticmethod
+    def _noise_modes(seed: int, per_component: int = 4) -> np.ndarray:
+        """Curl-noise modes: wavelengths 3..12 m, random directions and phases, slow drift."""
+        from sim_kernels import debris as K
+
+        rng = np.random.default_rng([abs(int(seed)), 5])
+        m = 3 * per_component
+        d = rng.normal(size=(m, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        kmag = 2 * np.pi / rng.uniform(3.0, 12.0, size=m)
+        modes = np.zeros((m, K.NMODE))
+        modes[:, K.MD] = np.repeat(np.arange(3), per_component)
+        modes[:, K.MK:K.MK + 3] = d * kmag[:, None]
+        modes[:, K.MPHASE] = rng.uniform(0, 2 * np.pi, size=m)
+        modes[:, K.MOMEGA] = rng.uniform(-0.5, 0.5, size=m) * kmag  # drift about 0.5 m/s
+        # each mode adds amp * |k| to the air speed; sum of m modes in random phase ~ sqrt(m)
+        modes[:, K.MAMP] = TURBULENCE / (kmag * math.sqrt(m / 2))
+        return modes
+
+    # ---- counts ----
+
+    @property
+    def live_rubble(self) -> int:
+        return min(self._rubble_serial, self.max_rubble)
+
+    @property
+    def live_dust(self) -> int:
+        if self._dust_serial == 0:
+            return 0
+        return int(self._K.dust_live(self._df, self.time))
+
+    # ---- emission ----
+
+    def emit_breaks(self, points, normals, areas, energies, vel_a, vel_b, material,
+                    per_break: float, time: float) -> None:
+        """Rubble and dust from n broken bonds.
+
+        ``points``/``normals`` (n, 3): the bond faces' centroids [m] and unit normals; ``areas``
+        (n,) [m^2]; ``energies`` (n,) energy released by each break [J]; ``vel_a``/``vel_b``
+        (n, 3): the two pieces' velocities at the point [m/s] (equal for a ground bond);
+        ``material`` (n,) int: material id; ``per_break``: bits per m^2 at the reference energy
+        ``G_REF * area``; ``time``: the shot time of the breaks [s] on the :attr:`time` clock.
+
+        Expected bits per bond = per_break * area * clip(energy / (G_REF * area), 0, 8); the count
+        is that number rounded up with the probability of its fraction. Dust: DUST_PER_BIT per bit.
+        """
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        n = len(pts)
+        if n == 0:
+            return
+        nrm = _f3(normals, n, "normals")
+        area = _f1(areas, n, "areas")
+        energy = _f1(energies, n, "energies")
+        vel = 0.5 * (_f3(vel_a, n, "vel_a") + _f3(vel_b, n, "vel_b"))
+        mat = np.asarray(material, dtype=np.int64).reshape(-1)
+        if mat.shape != (n,) or (n and (mat.min() < 0 or mat.max() >= len(self.materials))):
+            raise ValueError(f"material must be {n} ids in 0..{len(self.materials) - 1}, got {mat}")
+        if per_break < 0 or not np.all(np.isfinite(area)) or np.any(area < 0):
+            raise ValueError(f"per_break and areas must be finite and >= 0, got {per_break}")
+        area_pos = np.maximum(area, 1e-12)
+        scale = np.clip(np.nan_to_num(energy) / (G_REF * area_pos), 0.0, MAX_ENERGY_SCALE)
+        scale[area <= 0] = 0.0
+        lam = per_break * area * scale if self.max_rubble else np.zeros(n)
+        src = np.zeros((n, self._K.NSF))
+        K = self._K
+        src[:, K.SP:K.SP + 3] = pts
+        norm = np.linalg.norm(nrm, axis=1, keepdims=True)
+        src[:, K.SN:K.SN + 3] = np.where(norm > 0, nrm / np.maximum(norm, 1e-12), [0.0, 1.0, 0.0])
+        src[:, K.SVEL:K.SVEL + 3] = vel
+        src[:, K.SDISC] = np.sqrt(area / np.pi)
+        src[:, K.SSPREAD] = np.minimum(SPREAD_K * self._spec[mat] * np.sqrt(scale), MAX_SPREAD)
+        src[:, K.SRMAX] = np.clip(0.5 * np.sqrt(area), K.R_MIN, K.R_MAX)
+        src[:, K.SLAM] = lam
+        src[:, K.SLAMD] = DUST_PER_BIT * lam if (self.dust and self.max_dust) else 0.0
+        src[:, K.SDR0] = DUST_R0
+        src[:, K.SDLIFE] = DUST_LIFE
+        src[:, K.SDRISE] = DUST_RISE
+        self._emit(src, mat, time)
+
+    def emit_burst(self, position, radius: float, impulse: float, time: float,
+                   material: int = 0) -> None:
+        """A charge's burst: rubble and dust thrown outwards from a ball of ``radius`` [m] around
+        ``position`` [m]; count and speed grow with sqrt(impulse / IMPULSE_REF) ([N s])."""
+        if not (radius > 0 and impulse >= 0 and math.isfinite(impulse)):
+            raise ValueError(f"burst radius must be > 0 and impulse >= 0, got {radius}, {impulse}")
+        if not 0 <= material < len(self.materials):
+            raise ValueError(f"material must be in 0..{len(self.materials) - 1}, got {material}")
+        K = self._K
+        f = math.sqrt(impulse / IMPULSE_REF)
+        src = np.zeros((1, K.NSF))
+        src[0, K.SP:K.SP + 3] = np.asarray(position, dtype=np.float64).reshape(3)
+        src[0, K.SDISC] = 0.5 * radius
+        src[0, K.SSPREAD] = min(BURST_SPEED * f, MAX_SPREAD)
+        src[0, K.SRMAX] = K.R_MAX
+        lam = min(BURST_BITS * f, 0.5 * self.max_rubble) if self.max_rubble else 0.0
+        src[0, K.SLAM] = lam
+        src[0, K.SLAMD] = BURST_DUST * lam if (self.dust and self.max_dust) else 0.0
+        src[0, K.SDR0] = BURST_R0
+        src[0, K.SDLIFE] = BURST_LIFE
+        src[0, K.SDRISE] = BURST_RISE
+        self._emit(src, np.array([material]), time)
+
+    def _emit(self, src: np.ndarray, mat: np.ndarray, time: float) -> None:
+        K = self._K
+        n = len(src)
+        srci = np.zeros((n, K.NSI), dtype=np.int32)
+        srci[:, K.SMAT] = mat
+        src_t = self._upload(src)
+        srci_t = self._upload(srci, np.int32)
+        K.draw_counts(src_t, n, self._seed32, self._source_serial, srci_t)
+        self._source_serial += n
+        srci = srci_t.to_numpy()
+        for start, count in ((K.RSTART, K.RCOUNT), (K.DSTART, K.DCOUNT)):
+            srci[:, start] = np.concatenate([[0], np.cumsum(srci[:-1, count])])
+        srci_t.from_numpy(srci)
+        n_r, n_d = int(srci[:, K.RCOUNT].sum()), int(srci[:, K.DCOUNT].sum())
+        if n_r and self.max_rubble:
+            K.emit_rubble(src_t, srci_t, n, self._mat, self._seed32, self._rubble_serial,
+                          max(0, n_r - self.max_rubble), float(time), self._rf, self._ri)
+            self._rubble_serial += n_r
+        if n_d and self.max_dust:
+            K.emit_dust(src_t, srci_t, n, self._seed32, self._dust_serial,
+                        max(0, n_d - self.max_dust), float(time), self._df)
+            self._dust_serial += n_d
+        self.peak_rubble = max(self.peak_rubble, self.live_rubble)
+        self.peak_dust = max(self.peak_dust, self.live_dust)
+
+    # ---- colliders ----
+
+    def set_colliders(self, hull_planes: HullPlanes, hull_piece, positions, rotations,
+                      velocities, angular_velocities) -> None:
+        """The pieces' hulls and their poses at the end of the coming step (centre of mass [m],
+        wxyz, velocity [m/s], angular velocity [rad/s]). The substeps of :meth:`step` move the
+        hulls from the previous call's poses to these (the first call: no motion)."""
+        K = self._K
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        p = len(pos)
+        rot = np.asarray(rotations, dtype=np.float64).reshape(p, 4)
+        vel = _f3(velocities, p, "velocities")
+        ang = _f3(angular_velocities, p, "angular_velocities")
+        piece = np.asarray(hull_piece, dtype=np.int64).reshape(-1)
+        if len(piece) != hull_planes.count or (len(piece) and (piece.min() < 0 or piece.max() >= p)):
+            raise ValueError(f"hull_piece must be {hull_planes.count} piece ids in 0..{p - 1}")
+        if hull_planes is not self._hulls or not np.array_equal(piece, self._hull_piece):
+            hi = np.zeros((max(hull_planes.count, 1), K.NHI), dtype=np.int32)
+            hi[: hull_planes.count, K.PLANE0] = hull_planes.plane_offset[:-1]
+            hi[: hull_planes.count, K.NPLANE] = np.diff(hull_planes.plane_offset)
+            hi[: hull_planes.count, K.PIECE] = piece
+            self._hp = self._upload(hull_planes.planes.reshape(-1, 4))
+            self._hf = self._upload(np.column_stack([hull_planes.center, hull_planes.radius]))
+            self._hi = self._upload(hi, np.int32)
+            diam = 2 * hull_planes.radius if hull_planes.count else np.ones(1)
+            # cells about the size of a typical hull; big hulls span at most ~32 cells a side
+            self._cell = float(max(2 * (K.R_MAX + 0.05), np.median(diam), diam.max() / 32))
+            self._hulls, self._hull_piece = hull_planes, piece.copy()
+        pose = np.column_stack([pos, rot / np.linalg.norm(rot, axis=1, keepdims=True)])
+        if self._pose1 is None or len(self._pose1) != p:
+            self._pose0 = pose
+        self._pose1 = pose
+        self._vel = np.column_stack([vel, ang])
+
+    def _build_grid(self) -> bool:
+        """Counting-sort the hulls into the hashed grid for this step; False without colliders."""
+        K, ti = self._K, self._ti
+        if self._hulls is None or self._hulls.count == 0:
+            return False
+        nh = self._hulls.count
+        pp = np.zeros((len(self._pose1), K.NPP))
+        pp[:, K.PX0:K.PX0 + 3], pp[:, K.PQ0:K.PQ0 + 4] = self._pose0[:, :3], self._pose0[:, 3:]
+        pp[:, K.PX1:K.PX1 + 3], pp[:, K.PQ1:K.PQ1 + 4] = self._pose1[:, :3], self._pose1[:, 3:]
+        pp[:, K.PV:K.PV + 3], pp[:, K.PW:K.PW + 3] = self._vel[:, :3], self._vel[:, 3:]
+        self._pp = self._upload(pp)
+        ncell = ti.ndarray(ti.i32, nh)
+        K.hull_cells(self._hf, self._hi, nh, self._pp, K.R_MAX + 0.05, self._cell, ncell)
+        total = int(ncell.to_numpy().astype(np.int64).sum())
+        t = 1 << max(6, math.ceil(math.log2(2 * total + 1)))
+        if t != self._grid_t:
+            self._count = ti.ndarray(ti.i32, t)
+            self._count.fill(0)
+            self._cursor = ti.ndarray(ti.i32, t)
+            self._start = ti.ndarray(ti.i32, t + 1)
+            self._grid_t = t
+        if getattr(self, "_cell_hull", None) is None or self._cell_hull.shape[0] < total:
+            self._cell_hull = ti.ndarray(ti.i32, max(total, 1))
+        K.grid_count(self._hi, nh, t - 1, self._count)
+        K.grid_prefix(self._count, t, self._start)  # also zeroes count for the next step
+        self._cursor.fill(0)
+        K.grid_fill(self._hi, nh, t - 1, self._start, self._cursor, self._cell_hull)
+        K.grid_sort(t, self._start, self._cell_hull)
+        return True
+
+    # ---- stepping ----
+
+    def step(self, dt: float, substeps: int) -> None:
+        """Advance by dt [s]: rubble in ``substeps`` substeps against the ground and the hulls
+        (moving from the previous to the latest :meth:`set_colliders` poses), dust in one exact
+        drag update; then the clock moves on by dt."""
+        K = self._K
+        if not (dt > 0 and math.isfinite(dt)) or int(substeps) < 1:
+            raise ValueError(f"dt must be > 0 and substeps >= 1, got {dt}, {substeps}")
+        substeps = int(substeps)
+        if self.live_rubble:
+            has = self._build_grid()
+            if has:
+                grid = (self._hp, self._hi, self._pp, self._start, self._cell_hull, self._grid_t - 1,
+                        self._cell, 1)
+            else:
+                dummy_i = self._ti.ndarray(self._ti.i32, 2)
+                dummy_i.fill(0)
+                grid = (self._mat, self._ri, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
+            hp, hi, pp, start, cell_hull, mask, cell, flag = grid
+            ground = int(self.ground)
+            K.rubble_wake(self._rf, self._ri, ground, hp, hi, pp, start, cell_hull, mask, cell, flag,
+                          V_WAKE, WAKE_TOL)
+            h = dt / substeps
+            gx, gy, gz = self.gravity
+            for k in range(substeps):
+                K.rubble_substep(self._rf, self._ri, h, gx, gy, gz, ground, (k + 1) / substeps,
+                                 hp, hi, pp, start, cell_hull, mask, cell, flag)
+            K.rubble_sleep(self._rf, self._ri, V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)))
+        if self._dust_serial:
+            K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0], TAU_DRAG,
+                        0.5 * DUST_LIFE, int(self.ground))
+        self.time += dt
+        if self._pose1 is not None:
+            self._pose0 = self._pose1
+        self.peak_dust = max(self.peak_dust, self.live_dust)
+
+    # ---- output and checkpoints ----
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The live particles as float32/int32 arrays under the sim frame keys of
+        docs/FORMATS.md (rubble sorted by id; dust radius grows and alpha fades with age)."""
+        K = self._K
+        rf, ri = self._rf.to_numpy(), self._ri.to_numpy()
+        alive = ri[:, K.ALIVE] == 1
+        if not self.max_rubble:
+            alive[:] = False
+        r = rf[alive]
+        out = {
+            "rubble_id": np.nonzero(alive)[0].astype(np.int32),
+            "rubble_position": r[:, K.X:K.X + 3].astype(np.float32),
+            "rubble_rotation": r[:, K.Q:K.Q + 4].astype(np.float32),
+            "rubble_velocity": r[:, K.V:K.V + 3].astype(np.float32),
+            "rubble_radius": r[:, K.RAD].astype(np.float32),
+            "rubble_material": ri[alive, K.MAT].astype(np.int32),
+        }
+        df = self._df.to_numpy()
+        life = df[:, K.DLIFE]
+        age = self.time - df[:, K.DBIRTH]
+        live = (life > 0) & (age >= 0) & (age < life)
+        if not self.max_dust:
+            live[:] = False
+        d, age, life = df[live], age[live], life[live]
+        u = age / life
+        out["dust_position"] = d[:, K.DX:K.DX + 3].astype(np.float32)
+        out["dust_radius"] = (d[:, K.DR0] * (1 + (d[:, K.DGROW] - 1) * np.sqrt(u))).astype(np.float32)
+        out["dust_alpha"] = (d[:, K.DA0] * np.minimum(age / FADE_IN, 1.0) * (1 - u) ** 2).astype(np.float32)
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything a resumed run needs to continue bit-identically (keys ``debris_*``)."""
+        pose = self._pose0 if self._pose0 is not None else np.zeros((0, 7))
+        return {
+            "debris_rubble_f": self._rf.to_numpy(),
+            "debris_rubble_i": self._ri.to_numpy(),
+            "debris_dust_f": self._df.to_numpy(),
+            "debris_counters": np.array([self._rubble_serial, self._dust_serial, self._source_serial,
+                                         self.peak_rubble, self.peak_dust, self.seed], dtype=np.int64),
+            "debris_time": np.array(self.time, dtype=np.float64),
+            "debris_collider_pose": np.asarray(pose, dtype=np.float64),
+        }
+
+    def load_state(self, d) -> None:
+        """Restore :meth:`state` (from the same caps and seed)."""
+        for key, arr in (("debris_rubble_f", self._rf), ("debris_rubble_i", self._ri),
+                         ("debris_dust_f", self._df)):
+            a = np.asarray(d[key])
+            if a.shape != tuple(arr.shape):
+                raise ValueError(f"{key} has shape {a.shape}, this DebrisSystem holds {tuple(arr.shape)}: "
+                                 "the checkpoint was written with other particle caps")
+            arr.from_numpy(np.ascontiguousarray(a, dtype=arr.to_numpy().dtype))
+        c = np.asarray(d["debris_counters"], dtype=np.int64)
+        if int(c[5]) != self.seed:
+            raise ValueError(f"the debris checkpoint was written with seed {int(c[5])}, not {self.seed}")
+        self._rubble_serial, self._dust_serial, self._source_serial = int(c[0]), int(c[1]), int(c[2])
+        self.peak_rubble, self.peak_dust = int(c[3]), int(c[4])
+        self.time = float(np.asarray(d["debris_time"]))
+        pose = np.asarray(d["debris_collider_pose"], dtype=np.float64)
+        self._pose0 = self._pose1 = pose.copy() if len(pose) else None
