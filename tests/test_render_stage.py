@@ -83,7 +83,7 @@ def rendered(tmp_path_factory):
 
 
 def test_stage_writes_every_pass_and_records_frames(rendered):
-    run, pc, ctx, figures = rendered
+    run, _, ctx, figures = rendered
     assert figures["frames_rendered"] == 3 and 0 < figures["near"] < figures["far"]
     for f in (1001, 1002, 1003):
         assert (run / "passes" / f"syn.{f:04d}.exr").is_file()
