@@ -10,7 +10,9 @@ never overlaps them, so the fracture stage can bond touching faces and the volum
   with a centred window opening filled by a glass pane (a thin box in the wall's mid-plane);
 - interior walls (optional) fill the interior grid lines along z, without openings.
 
-Y up, metres, the footprint centred on x = z = 0, standing on y = 0. Coordinates are built from
+Y up, metres, standing on y = 0; the column grid lines are x = i * bay and z = j * bay, so the
+corner column is centred on the origin and the building extends along +x and +z (the
+default shot's charges sit on the grid lines of the z = 0 face). Coordinates are built from
 exact sums of the given dimensions, so touching faces are exactly coplanar.
 """
 
@@ -24,7 +26,6 @@ import numpy as np
 import trimesh
 
 from destruct.errors import UserError
-from destruct.materials import MATERIAL_NAMES
 
 #: Element kinds; imported meshes are "part".
 KINDS = ("column", "beam", "slab", "wall", "window", "part")
@@ -91,16 +92,6 @@ def _box_minus_box(outer: tuple, hole: tuple) -> trimesh.Trimesh:
     )
 
 
-def _material_for(kind: str, material: str, materials: Mapping[str, str] | None) -> str:
-    name = (materials or {}).get(kind) or material
-    if name not in MATERIAL_NAMES:
-        raise UserError(
-            f"building.materials.{kind} = {name!r} is not a material; allowed: "
-            f"{', '.join(MATERIAL_NAMES)}"
-        )
-    return name
-
-
 def build_procedural(
     *,
     floors: int = 6,
@@ -116,8 +107,8 @@ def build_procedural(
     """The parts of a frame building (see the module docstring), Y up, standing on y = 0.
 
     ``bay`` is the column spacing [m] along x and z, ``story`` the floor-to-floor height [m];
-    ``materials`` maps an element kind (column, beam, slab, wall, window) to a preset name and
-    falls back to ``material``.
+    ``materials`` maps an element kind (column, beam, slab, wall, window) to a material name
+    and falls back to ``material`` (names are checked when the fracture resolves them).
     """
     for key, value, lo in (("floors", floors, 1), ("bays_x", bays_x, 1), ("bays_z", bays_z, 1)):
         if int(value) != value or value < lo or value > 200:
@@ -133,11 +124,11 @@ def build_procedural(
             f"building.procedural.bay must be {COLUMN_WIDTH + 0.5:.1f}..50 m, got {bay!r}"
         )
     floors, bays_x, bays_z = int(floors), int(bays_x), int(bays_z)
-    mat = {k: _material_for(k, material, materials) for k in KINDS[:5]}
+    mat = {k: (materials or {}).get(k) or material for k in KINDS[:5]}
 
     c2 = COLUMN_WIDTH / 2
-    gx = (np.arange(bays_x + 1) - bays_x / 2) * bay  # column grid lines
-    gz = (np.arange(bays_z + 1) - bays_z / 2) * bay
+    gx = np.arange(bays_x + 1) * bay  # column grid lines
+    gz = np.arange(bays_z + 1) * bay
     counters = dict.fromkeys(KINDS, 0)
     parts: list[Part] = []
 

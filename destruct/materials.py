@@ -165,16 +165,25 @@ def _as_dict(overrides: Any) -> dict[str, Any]:
 
 
 def resolve(name: str, overrides: Mapping[str, Any] | None = None) -> Material:
-    """The preset ``name`` with the shot's ``[materials.<name>]`` overrides applied.
+    """The material ``name`` with the shot's ``[materials.<name>]`` overrides applied.
 
-    ``overrides`` maps material names to tables ``{density, friction, restitution, tensile,
-    shear, compressive}``; a key that is missing or ``None`` keeps the preset value.
+    ``overrides`` maps material names to tables ``{base, density, friction, restitution,
+    tensile, shear, compressive}``; a key that is missing or ``None`` keeps the base value.
+    ``name`` is a preset, or a new name whose table gives ``base`` (the preset it starts from,
+    which also gives its seg class and colours).
     """
-    if name not in PRESETS:
-        raise UserError(f"unknown material {name!r}; allowed: {', '.join(MATERIAL_NAMES)}")
-    base = PRESETS[name]
     table = _as_dict((overrides or {}).get(name))
-    changes: dict[str, float] = {}
+    base_name = table.pop("base", None) or name
+    if base_name not in PRESETS:
+        if base_name != name:
+            raise UserError(
+                f"materials.{name}.base {base_name!r} is unknown; allowed: {', '.join(MATERIAL_NAMES)}"
+            )
+        raise UserError(
+            f"unknown material {name!r}; allowed: {', '.join(MATERIAL_NAMES)}, or a "
+            f"[materials.{name}] table with base = one of them"
+        )
+    changes: dict[str, Any] = {"name": name} if name != base_name else {}
     for key, value in table.items():
         if value is None:
             continue
@@ -195,4 +204,4 @@ def resolve(name: str, overrides: Mapping[str, Any] | None = None) -> Material:
         if key == "restitution" and v > 1:
             raise UserError(f"materials.{name}.restitution must be within 0..1, got {value!r}")
         changes[key] = v
-    return replace(base, **changes) if changes else base
+    return replace(PRESETS[base_name], **changes) if changes else PRESETS[base_name]

@@ -25,7 +25,6 @@ import trimesh
 
 from destruct.building import Part
 from destruct.errors import UserError
-from destruct.materials import MATERIAL_NAMES
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
 #: Z-up -> Y-up: (x, y, z) -> (x, z, -y), a rotation of -90 degrees about x (right-handed).
@@ -256,10 +255,6 @@ def load_parts(
         mesh = trimesh.Trimesh(v, mesh.faces, process=True)
         name = _clean_name(node)
         mat = materials.get(name) or materials.get("part") or material
-        if mat not in MATERIAL_NAMES:
-            raise UserError(
-                f"material {mat!r} for part {name!r} is unknown; allowed: {', '.join(MATERIAL_NAMES)}"
-            )
         for k, solid in enumerate(_solids(name, mesh, path, report)):
             parts.append(Part(f"{name}_{k:02d}", "part", mat, solid))
             if len(parts) > max_parts:

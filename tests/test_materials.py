@@ -39,6 +39,14 @@ def test_resolve_applies_overrides_and_keeps_unset():
     assert resolve("brick", None) is PRESETS["brick"]
 
 
+def test_new_material_from_a_base_preset():
+    m = resolve("old_brick", {"old_brick": {"base": "brick", "tensile": 2e4, "shear": None}})
+    assert m.name == "old_brick" and m.tensile == 2e4
+    assert m.shear == PRESETS["brick"].shear and m.ade20k == PRESETS["brick"].ade20k
+    with pytest.raises(UserError, match="materials.weird.base 'cheese' is unknown"):
+        resolve("weird", {"weird": {"base": "cheese"}})
+
+
 @pytest.mark.parametrize(
     "name, overrides, words",
     [
