@@ -54,6 +54,10 @@ FADE_IN = 0.15  # dust opacity ramp at birth [s]
 V_SLEEP, SLEEP_TIME, V_WAKE, WAKE_TOL = 0.05, 0.5, 0.05, 1e-3  # [m/s], [s], [m/s], [m]
 
 
+FLAT_PAD = 5e-4  # [m] half-thickness given to a flat (zero-volume) hull
+_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class HullPlanes:
     """Convex hulls as planes, in each piece's local frame (from :func:`hull_planes_from_points`).
@@ -77,7 +81,7 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
     """Planes of the convex hull of each point set (scipy's Qhull ``equations``, coplanar facets
     merged). ``vertices``: ``(HV, 3)`` points with ``offset: (H + 1,)`` (the ``hull_vertices`` /
     ``hull_offset`` of ``fracture/pieces.npz``), or a list of ``(k, 3)`` arrays. A flat or
-    degenerate set is joggled (Qhull ``QJ``) into a thin hull rather than dropped."""
+    degenerate set becomes a hull FLAT_PAD thicker each way rather than an unbounded slab."""
     from scipy.spatial import ConvexHull, QhullError
 
     if offset is None:
@@ -97,11 +101,9 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
         radius[h] = np.linalg.norm(p - center[h], axis=1).max()
         try:
             eq = ConvexHull(p).equations
-        except QhullError:
-            try:
-                eq = ConvexHull(p, qhull_options="QJ").equations
-            except QhullError:  # fewer than 4 distinct points: no volume to collide with
-                eq = np.zeros((0, 4))
+        except QhullError:  # flat, a line or a point: give it FLAT_PAD of thickness each way
+            pad = (p[:, None, :] + FLAT_PAD * _CORNERS[None]).reshape(-1, 3)
+            eq = ConvexHull(pad).equations
         eq = np.unique(np.round(eq, 9), axis=0)
         planes.append(eq)
         counts.append(len(eq))
@@ -259,7 +261,7 @@ class DebrisSystem:
         area_pos = np.maximum(area, 1e-12)
         scale = np.clip(np.nan_to_num(energy) / (G_REF * area_pos), 0.0, MAX_ENERGY_SCALE)
         scale[area <= 0] = 0.0
-        lam = per_break * area * scale if self.max_rubble else np.zeros(n)
+        lam = per_break * area * scale
         src = np.zeros((n, self._K.NSF))
         K = self._K
         src[:, K.SP:K.SP + 3] = pts
@@ -269,7 +271,7 @@ class DebrisSystem:
         src[:, K.SDISC] = np.sqrt(area / np.pi)
         src[:, K.SSPREAD] = np.minimum(SPREAD_K * self._spec[mat] * np.sqrt(scale), MAX_SPREAD)
         src[:, K.SRMAX] = np.clip(0.5 * np.sqrt(area), K.R_MIN, K.R_MAX)
-        src[:, K.SLAM] = lam
+        src[:, K.SLAM] = lam if self.max_rubble else 0.0
         src[:, K.SLAMD] = DUST_PER_BIT * lam if (self.dust and self.max_dust) else 0.0
         src[:, K.SDR0] = DUST_R0
         src[:, K.SDLIFE] = DUST_LIFE
@@ -291,8 +293,8 @@ class DebrisSystem:
         src[0, K.SDISC] = 0.5 * radius
         src[0, K.SSPREAD] = min(BURST_SPEED * f, MAX_SPREAD)
         src[0, K.SRMAX] = K.R_MAX
-        lam = min(BURST_BITS * f, 0.5 * self.max_rubble) if self.max_rubble else 0.0
-        src[0, K.SLAM] = lam
+        lam = BURST_BITS * f
+        src[0, K.SLAM] = lam if self.max_rubble else 0.0
         src[0, K.SLAMD] = BURST_DUST * lam if (self.dust and self.max_dust) else 0.0
         src[0, K.SDR0] = BURST_R0
         src[0, K.SDLIFE] = BURST_LIFE
@@ -407,16 +409,9 @@ class DebrisSystem:
                 dummy_i = self._ti.ndarray(self._ti.i32, 2)
                 dummy_i.fill(0)
                 grid = (self._mat, self._ri, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
-            hp, hi, pp, start, cell_hull, mask, cell, flag = grid
-            ground = int(self.ground)
-            K.rubble_wake(self._rf, self._ri, ground, hp, hi, pp, start, cell_hull, mask, cell, flag,
-                          V_WAKE, WAKE_TOL)
-            h = dt / substeps
             gx, gy, gz = self.gravity
-            for k in range(substeps):
-                K.rubble_substep(self._rf, self._ri, h, gx, gy, gz, ground, (k + 1) / substeps,
-                                 hp, hi, pp, start, cell_hull, mask, cell, flag)
-            K.rubble_sleep(self._rf, self._ri, V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)))
+            K.rubble_step(self._rf, self._ri, dt, substeps, gx, gy, gz, int(self.ground), *grid,
+                          V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL)
         if self._dust_serial:
             K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0], TAU_DRAG,
                         0.5 * DUST_LIFE, int(self.ground))

@@ -11,11 +11,10 @@ Tables (one row per particle slot; columns named below):
 
 ``rf: (max_rubble, NRF) f64``
     X position [m] (3), Q rotation wxyz (4), V velocity [m/s] (3), W angular velocity [rad/s]
-    (3), XP position at the start of the substep [m] (3), RAD radius [m], MU friction
-    coefficient, REST restitution, BIRTH emission time [s].
+    (3), RAD radius [m], MU friction coefficient, REST restitution, BIRTH emission time [s].
 ``ri: (max_rubble, NRI) i32``
     ALIVE (1 = in use), SLEEP (1 = at rest, not integrated), CALM steps in a row at rest,
-    MAT material index, TOUCH (1 = touched the ground or a piece during the last substep).
+    MAT material index.
 ``df: (max_dust, NDF) f64``
     DX position [m] (3), DV velocity [m/s] (3), DBIRTH emission time [s], DLIFE lifetime [s]
     (0 = free slot), DR0 radius at birth [m], DGROW radius at the end of life / at birth,
@@ -67,10 +66,10 @@ from sim_kernels.backend import (
     vec4,
 )
 
-X, Q, V, W, XP, RAD, MU, REST, BIRTH = 0, 3, 7, 10, 13, 16, 17, 18, 19
-NRF = 20
-ALIVE, SLEEP, CALM, MAT, TOUCH = 0, 1, 2, 3, 4
-NRI = 5
+X, Q, V, W, RAD, MU, REST, BIRTH = 0, 3, 7, 10, 13, 14, 15, 16
+NRF = 17
+ALIVE, SLEEP, CALM, MAT = 0, 1, 2, 3
+NRI = 4
 DX, DV, DBIRTH, DLIFE, DR0, DGROW, DA0, DRISE = 0, 3, 6, 7, 8, 9, 10, 11
 NDF = 12
 SP, SN, SVEL, SDISC, SSPREAD, SRMAX, SLAM, SLAMD, SDR0, SDLIFE, SDRISE = 0, 3, 6, 9, 10, 11, 12, 13, 14, 15, 16
@@ -207,7 +206,6 @@ def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i6
                 off, d = emit_offset(src, s, seed, serial, side)
                 speed = src[s, SSPREAD] * (0.5 + rnd(seed, serial, _S_SPEED))
                 set3(rf, slot, X, get3(src, s, SP) + off + side * r * n_hat)
-                set3(rf, slot, XP, get3(rf, slot, X))
                 set3(rf, slot, V, get3(src, s, SVEL) + speed * d)
                 # uniform random orientation (Shoemake, Graphics Gems III, 1992)
                 u1 = rnd(seed, serial, _S_Q0)
@@ -226,7 +224,6 @@ def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i6
                 ri[slot, SLEEP] = 0
                 ri[slot, CALM] = 0
                 ri[slot, MAT] = m
-                ri[slot, TOUCH] = 0
 
 
 @ti.kernel
@@ -390,118 +387,139 @@ def normal_velocity(v, v_prev, v_surf, n, e, v_bounce):
     return v + (target - vn) * n
 
 
+@ti.func
+def piece_contact(hp: ti.template(), hi: ti.template(), pp: ti.template(), hh, x, r, a, a_prev):
+    """Rubble at x (radius r) against hull hh at the pose at fraction a of the step: the push
+    out along the deepest plane's normal (depth 0 when apart), and how far the piece surface
+    under x moved since fraction a_prev (from the same interpolated poses, so it is consistent)."""
+    p = hi[hh, PIECE]
+    c = piece_x(pp, p, a)
+    q = piece_q(pp, p, a)
+    xl = quat_rotate(quat_conj(q), x - c)
+    s, kp = hull_depth(hp, hi, hh, xl)
+    n = quat_rotate(q, vec3(hp[kp, 0], hp[kp, 1], hp[kp, 2]))
+    depth = ti.max(r - s, 0.0)
+    moved = (c + quat_rotate(q, xl)) - (piece_x(pp, p, a_prev) + quat_rotate(piece_q(pp, p, a_prev), xl))
+    return depth, n, moved
+
+
+@ti.func
+def in_cells(hi: ti.template(), hh, cc) -> i32:
+    """1 when cell cc is in the range hull hh was inserted into (filters hash collisions)."""
+    ok = 1
+    for k in ti.static(range(3)):
+        if cc[k] < hi[hh, LO + k] or cc[k] > hi[hh, HI + k]:
+            ok = 0
+    return ok
+
+
 @ti.kernel
-def rubble_substep(rf: F2, ri: I2, h: f64, gx: f64, gy: f64, gz: f64, ground: i32, a: f64,
-                   hp: F2, hi: I2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
-                   has_grid: i32):
-    """One substep for every awake rubble bit: exact gravity, then the pieces' hulls at their
-    pose at fraction ``a`` of the step, then the ground (last, so it always holds)."""
+def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f64, ground: i32,
+                hp: F2, hi: I2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
+                has_grid: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64):
+    """One step of dt for every rubble bit, all substeps in one pass (bits do not interact, and
+    the hulls move on a known path: their poses interpolated from the step's start to its end).
+
+    1. A sleeping bit wakes when a hull at its end-of-step pose pushes into it or moves under it
+       faster than v_wake, or when nothing supports it any more.
+    2. Each substep: exact gravity, the hulls (pushed out along the deepest plane, Coulomb
+       friction against the moving surface), then the ground (last, so it always holds); the
+       velocity from the positions, then restitution along each contact normal.
+    3. Bits touching something and slower than v_sleep for calm_steps steps fall asleep.
+    """
     g = vec3(gx, gy, gz)
+    h = dt / substeps
     v_bounce = 2.0 * g.norm() * h
     for i in range(rf.shape[0]):
-        if ri[i, ALIVE] == 1 and ri[i, SLEEP] == 0:
+        if ri[i, ALIVE] == 1:
             r = rf[i, RAD]
             mu = rf[i, MU]
-            xp = get3(rf, i, X)
-            vp = get3(rf, i, V)
-            x = xp + h * vp + 0.5 * h * h * g
-            touch = 0
-            n_c = vec3(0.0)
-            v_c = vec3(0.0)
-            if has_grid == 1:
-                cc = cell_of(x, cell)
-                b = cell_hash(cc, mask)
-                for e in range(start[b], start[b + 1]):
-                    hh = cell_hull[e]
-                    inside = 1
-                    for k in ti.static(range(3)):
-                        if cc[k] < hi[hh, LO + k] or cc[k] > hi[hh, HI + k]:
-                            inside = 0
-                    if inside == 1:
-                        p = hi[hh, PIECE]
-                        c = piece_x(pp, p, a)
-                        q = piece_q(pp, p, a)
-                        s, kp = hull_depth(hp, hi, hh, quat_rotate(quat_conj(q), x - c))
-                        if s < r:
-                            n = quat_rotate(q, vec3(hp[kp, 0], hp[kp, 1], hp[kp, 2]))
-                            depth = r - s
-                            x += depth * n
-                            v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(x - c)
-                            dx = (x - xp) - h * v_surf
-                            dx_t = dx - dx.dot(n) * n
-                            x -= friction_correction(dx_t, depth, mu)
-                            touch = 1
-                            n_c = n
-                            v_c = v_surf
-            gn = 0
-            if ground == 1 and x[1] < r:
-                depth = r - x[1]
-                x[1] = r
-                dx_t = vec3(x[0] - xp[0], 0.0, x[2] - xp[2])
-                x -= friction_correction(dx_t, depth, mu)
-                touch = 1
-                gn = 1
-            v = (x - xp) / h + 0.5 * h * g  # + g h / 2: the half step of the exact gravity update
-            if touch == 1:
-                if gn == 1:
-                    n_c = vec3(0.0, 1.0, 0.0)
-                    v_c = vec3(0.0)
-                v = normal_velocity(v, vp + h * g, v_c, n_c, rf[i, REST], v_bounce)
-                # a bit in contact turns as it rolls on the surface (for the look of it)
-                vt = (v - v_c) - (v - v_c).dot(n_c) * n_c
-                set3(rf, i, W, n_c.cross(vt) / r)
-            set3(rf, i, XP, xp)
-            set3(rf, i, X, x)
-            set3(rf, i, V, v)
-            set4(rf, i, Q, quat_add_rotation(get4(rf, i, Q), h * get3(rf, i, W)))
-            ri[i, TOUCH] = touch
-
-
-@ti.kernel
-def rubble_sleep(rf: F2, ri: I2, v_sleep: f64, calm_steps: i32):
-    """After a step: bits touching something and slower than v_sleep for calm_steps steps sleep."""
-    for i in range(rf.shape[0]):
-        if ri[i, ALIVE] == 1 and ri[i, SLEEP] == 0:
-            if ri[i, TOUCH] == 1 and get3(rf, i, V).norm() < v_sleep:
-                ri[i, CALM] += 1
-            else:
-                ri[i, CALM] = 0
-            if ri[i, CALM] >= calm_steps:
-                ri[i, SLEEP] = 1
-                set3(rf, i, V, vec3(0.0))
-                set3(rf, i, W, vec3(0.0))
-
-
-@ti.kernel
-def rubble_wake(rf: F2, ri: I2, ground: i32, hp: F2, hi: I2, pp: F2, start: I1, cell_hull: I1,
-                mask: i32, cell: f64, has_grid: i32, v_wake: f64, tol: f64):
-    """Before a step: wake a sleeping bit when a piece at its end-of-step pose pushes into it or
-    moves under it faster than v_wake, or when nothing supports it any more."""
-    for i in range(rf.shape[0]):
-        if ri[i, ALIVE] == 1 and ri[i, SLEEP] == 1:
-            r = rf[i, RAD]
+            e_rest = rf[i, REST]
             x = get3(rf, i, X)
-            supported = 0
-            wake = 0
-            if ground == 1 and x[1] - r < tol:
-                supported = 1
-            if has_grid == 1:
-                cc = cell_of(x, cell)
-                b = cell_hash(cc, mask)
-                for e in range(start[b], start[b + 1]):
-                    hh = cell_hull[e]
-                    p = hi[hh, PIECE]
-                    c = get3(pp, p, PX1)
-                    q = get4(pp, p, PQ1)
-                    s, _ = hull_depth(hp, hi, hh, quat_rotate(quat_conj(q), x - c))
-                    if s < r + tol:
-                        supported = 1
-                        v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(x - c)
-                        if s < r - tol or v_surf.norm() > v_wake:
-                            wake = 1
-            if wake == 1 or supported == 0:
-                ri[i, SLEEP] = 0
-                ri[i, CALM] = 0
+            if ri[i, SLEEP] == 1:
+                supported = 0
+                wake = 0
+                if ground == 1 and x[1] - r < tol:
+                    supported = 1
+                if has_grid == 1:
+                    cc = cell_of(x, cell)
+                    b = cell_hash(cc, mask)
+                    for e in range(start[b], start[b + 1]):
+                        hh = cell_hull[e]
+                        if in_cells(hi, hh, cc) == 1:
+                            depth, n, moved = piece_contact(hp, hi, pp, hh, x, r + tol, 1.0, 0.0)
+                            if depth > 0:
+                                supported = 1
+                                p = hi[hh, PIECE]
+                                v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(x - get3(pp, p, PX1))
+                                if depth > 2.0 * tol or v_surf.norm() > v_wake:
+                                    wake = 1
+                if wake == 1 or supported == 0:
+                    ri[i, SLEEP] = 0
+                    ri[i, CALM] = 0
+            if ri[i, SLEEP] == 0:
+                v = get3(rf, i, V)
+                w = get3(rf, i, W)
+                q = get4(rf, i, Q)
+                touch = 0
+                for k in range(substeps):
+                    xp = x
+                    vp = v
+                    x = xp + h * vp + 0.5 * h * h * g
+                    touch = 0
+                    n_p = vec3(0.0)
+                    v_p = vec3(0.0)
+                    if has_grid == 1:
+                        cc = cell_of(x, cell)
+                        b = cell_hash(cc, mask)
+                        for e in range(start[b], start[b + 1]):
+                            hh = cell_hull[e]
+                            if in_cells(hi, hh, cc) == 1:
+                                a = (k + 1.0) / substeps
+                                depth, n, moved = piece_contact(hp, hi, pp, hh, x, r, a, k * 1.0 / substeps)
+                                if depth > 0:
+                                    x += depth * n
+                                    dx = (x - xp) - moved
+                                    x -= friction_correction(dx - dx.dot(n) * n, depth, mu)
+                                    touch = 1
+                                    n_p = n
+                                    v_p = moved / h
+                    gn = 0
+                    if ground == 1 and x[1] < r:
+                        depth = r - x[1]
+                        x[1] = r
+                        x -= friction_correction(vec3(x[0] - xp[0], 0.0, x[2] - xp[2]), depth, mu)
+                        touch = 1
+                        gn = 1
+                    v = (x - xp) / h + 0.5 * h * g  # + g h / 2: the half step of exact gravity
+                    vfree = vp + h * g
+                    if touch == 1:
+                        n_c = vec3(0.0, 1.0, 0.0)
+                        v_c = vec3(0.0)
+                        if n_p.norm() > 0:
+                            v = normal_velocity(v, vfree, v_p, n_p, e_rest, v_bounce)
+                            n_c = n_p
+                            v_c = v_p
+                        if gn == 1:
+                            v = normal_velocity(v, vfree, vec3(0.0), vec3(0.0, 1.0, 0.0), e_rest, v_bounce)
+                            n_c = vec3(0.0, 1.0, 0.0)
+                            v_c = vec3(0.0)
+                        # a bit in contact turns as it rolls on the surface (for the look of it)
+                        vt = (v - v_c) - (v - v_c).dot(n_c) * n_c
+                        w = n_c.cross(vt) / r
+                    q = quat_add_rotation(q, h * w)
+                set3(rf, i, X, x)
+                set3(rf, i, V, v)
+                set3(rf, i, W, w)
+                set4(rf, i, Q, q)
+                if touch == 1 and v.norm() < v_sleep:
+                    ri[i, CALM] += 1
+                else:
+                    ri[i, CALM] = 0
+                if ri[i, CALM] >= calm_steps:
+                    ri[i, SLEEP] = 1
+                    set3(rf, i, V, vec3(0.0))
+                    set3(rf, i, W, vec3(0.0))
 
 
 # ---- dust --------------------------------------------------------------------------------------
