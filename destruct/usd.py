@@ -415,17 +415,18 @@ def _check_suffix(path: Path) -> None:
 def _export_layer(layer: Any, out: Path) -> Path:
     """Export a layer atomically: a temp file in the same folder (same suffix, so the same file
     format), then a rename; an already loaded layer of that path is reloaded."""
-    from pxr import Sdf
+    from pxr import Sdf, Tf
 
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{TMP_PREFIX}{out.stem}.{os.getpid()}{out.suffix}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         if not layer.Export(str(tmp)):
             raise UserError(f"cannot write {out}: USD export failed")
         os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}; choose a writable --out") from None
+    except (OSError, Tf.ErrorException) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e).strip().splitlines()[-1]
+        raise UserError(f"cannot write {out} ({why}); choose a writable --out") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -86,6 +86,21 @@ def test_stage_metadata(run):
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_stage_passes_usd_validators(run):
+    """Every validator usd-core ships (subset families, material bindings, stage metadata,
+    encapsulation, attribute types...) except the usdz packaging ones finds nothing."""
+    from pxr import UsdValidation
+
+    validators = [
+        v
+        for v in UsdValidation.ValidationRegistry().GetOrLoadAllValidators()
+        if not any(k in v.GetMetadata().name for k in ("Package", "Usdz"))
+    ]
+    assert len(validators) > 10
+    errors = UsdValidation.ValidationContext(validators).Validate(run[4])
+    assert [e.GetMessage() for e in errors] == []
+
+
 def test_piece_names(run):
     _, _, pieces, _, stage = run
     meshes = [p for p in stage.GetPrimAtPath("/World/Pieces").GetChildren() if p.IsA(UsdGeom.Mesh)]
