@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from destruct.errors import UserError
-from destruct.io import load_npz, save_json, save_png
+from destruct.io import atomic_write_bytes, load_npz, save_json
 
 __all__ = ["RenderSetup", "load_plate", "run_render"]
 
@@ -137,6 +137,16 @@ class RenderSetup:
         return bodies_from_sim(d, self.mesh.n_pieces, self.n_bodies), dust
 
 
+def save_png_fast(path: Path, image: np.ndarray) -> None:
+    """PNG at zlib level 1 (4x faster than the default, about 10 % larger), atomically."""
+    import imageio.v3 as iio
+
+    atomic_write_bytes(
+        path,
+        iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png", compress_level=1),
+    )
+
+
 def write_frame(
     out_dir: Path,
     shot_name: str,
@@ -164,15 +174,15 @@ def write_frame(
             layers["A"] = p["alpha"].astype(np.float16)
         if "depth" in passes:
             layers["depth.Z"] = p["depth"].astype(np.float32)
-        if "normal" in passes:
+        if "normal" in passes:  # unit vectors: half keeps 3 decimals
             for i, c in enumerate("XYZ"):
-                layers[f"N.{c}"] = p["normal"][..., i]
+                layers[f"N.{c}"] = p["normal"][..., i].astype(np.float16)
         if "motion" in passes:
             for key in ("motion", "back"):
                 layers[f"{key}.X"] = p[key][..., 0]
                 layers[f"{key}.Y"] = p[key][..., 1]
         if "occlusion" in passes:
-            layers["occlusion.Y"] = p["occlusion"]
+            layers["occlusion.Y"] = p["occlusion"].astype(np.float16)  # 0 or 1, exact in half
         crypto = None
         if "id" in passes:
             layers["id"] = p["id"]
@@ -185,18 +195,18 @@ def write_frame(
         )
     if png:
         if "beauty" in passes:
-            save_png(out_dir / "beauty" / f"{stem}.png", to_uint8(linear_to_srgb(p["beauty"])))
+            save_png_fast(out_dir / "beauty" / f"{stem}.png", to_uint8(linear_to_srgb(p["beauty"])))
         if "depth" in passes:
-            save_png(
+            save_png_fast(
                 out_dir / "depth" / f"{stem}.png", to_uint8(depth_to_control(p["depth"], near, far))
             )
         if "normal" in passes:
             mask = np.isfinite(p["depth"])
-            save_png(
+            save_png_fast(
                 out_dir / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
             )
         if "seg" in passes:
-            save_png(out_dir / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
+            save_png_fast(out_dir / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
 
 
 def run_render(ctx) -> dict[str, Any]:

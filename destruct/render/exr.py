@@ -1,7 +1,7 @@
 """Multi-layer EXR frames (DESIGN.md section 3), written atomically.
 
 Channel names: ``R,G,B,A`` (half, scene-linear beauty), ``depth.Z`` (float, metres, background
-inf), ``N.X,N.Y,N.Z``, ``motion.X,motion.Y``, ``back.X,back.Y``, ``occlusion.Y`` (float), ``id``
+inf), ``N.X,N.Y,N.Z`` (half), ``motion.X,motion.Y``, ``back.X,back.Y`` (float), ``occlusion.Y`` (half), ``id``
 (uint32) and the Cryptomatte layer (:mod:`destruct.render.cryptomatte`). The header says the
 pixels are scene-linear Rec.709 (``chromaticities``). The pixel type of each channel follows
 the array's dtype: float16 -> HALF, float32 -> FLOAT, uint32 -> UINT.
