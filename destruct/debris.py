@@ -210,7 +210,6 @@ class DebrisSystem:
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         kmag = 2 * np.pi / rng.uniform(3.0, 12.0, size=m)
         modes = np.zeros((m, K.NMODE))
-        modes[:, K.MD] = np.repeat(np.arange(3), per_component)
         modes[:, K.MK:K.MK + 3] = d * kmag[:, None]
         modes[:, K.MPHASE] = rng.uniform(0, 2 * np.pi, size=m)
         modes[:, K.MOMEGA] = rng.uniform(-0.5, 0.5, size=m) * kmag  # drift about 0.5 m/s
@@ -413,7 +412,7 @@ class DebrisSystem:
             K.rubble_step(self._rf, self._ri, dt, substeps, gx, gy, gz, int(self.ground), *grid,
                           V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL)
         if self._dust_serial:
-            K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0], TAU_DRAG,
+            K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0] // 3, TAU_DRAG,
                         0.5 * DUST_LIFE, int(self.ground))
         self.time += dt
         if self._pose1 is not None:

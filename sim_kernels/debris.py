@@ -41,6 +41,8 @@ Colliders (the pieces' convex hulls; pieces push rubble, rubble does not push pi
                         LO / HI (3 each) the range of grid cells the hull was inserted into
 ``pp: (P, NPP) f64``    PX0 / PQ0 pose at the start of the step, PX1 / PQ1 at its end (the
                         substeps interpolate), PV velocity [m/s], PW angular velocity [rad/s]
+Dust air: ``modes: (3 * per, NMODE) f64`` curl-noise modes, ``per`` for each potential component:
+MK wave vector [1/m] (3), MPHASE [rad], MOMEGA drift [rad/s], MAMP amplitude [m^2/s].
 Grid: ``cell_start: (T + 1,) i32`` bucket offsets into ``cell_hull: (E,) i32``; T is a power of
 two; a cell (i, j, k) of edge ``cell`` [m] lives in bucket ``hash(i, j, k) & (T - 1)``.
 """
@@ -83,8 +85,8 @@ PLANE0, NPLANE, PIECE, LO, HI = 0, 1, 2, 3, 6
 NHI = 9
 PX0, PQ0, PX1, PQ1, PV, PW = 0, 3, 7, 10, 14, 17
 NPP = 20
-MD, MK, MPHASE, MOMEGA, MAMP = 0, 1, 4, 5, 6  # curl-noise mode table: component, wave vector...
-NMODE = 7
+MK, MPHASE, MOMEGA, MAMP = 0, 3, 4, 5  # curl-noise modes: wave vector [1/m] (3), phase, [rad/s], amplitude [m^2/s]
+NMODE = 6
 
 #: Rubble radius range [m] and the exponent D of the power-law size distribution
 #: N(> r) ~ r^-D: fragments of crushed rock and concrete follow it with D about 2.5
@@ -526,21 +528,22 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
 
 
 @ti.func
-def curl_noise(modes: ti.template(), nm, x, t) -> vec3:
-    """Curl of the vector potential psi_c = sum amp sin(k.x + omega t + phase) (one set of modes
-    per component c): divergence-free by construction (Bridson et al., SIGGRAPH 2007)."""
+def curl_noise(modes: ti.template(), per, x, t) -> vec3:
+    """Curl of the vector potential psi_c = sum amp sin(k.x + omega t + phase), with modes
+    [c * per, (c + 1) * per) for component c: divergence-free by construction (Bridson et al.,
+    "Curl-noise for procedural fluid flow", SIGGRAPH 2007)."""
     grad = ti.Matrix.zero(f64, 3, 3)  # grad[c, d] = d psi_c / d x_d
-    for m in range(nm):
-        k = vec3(modes[m, MK], modes[m, MK + 1], modes[m, MK + 2])
-        cs = modes[m, MAMP] * ti.cos(k.dot(x) + modes[m, MOMEGA] * t + modes[m, MPHASE])
-        c = ti.cast(modes[m, MD], i32)
-        for d in ti.static(range(3)):
-            grad[c, d] += cs * k[d]
+    for c in ti.static(range(3)):
+        for j in range(c * per, (c + 1) * per):
+            k = vec3(modes[j, MK], modes[j, MK + 1], modes[j, MK + 2])
+            cs = modes[j, MAMP] * ti.cos(k.dot(x) + modes[j, MOMEGA] * t + modes[j, MPHASE])
+            for d in ti.static(range(3)):
+                grad[c, d] += cs * k[d]
     return vec3(grad[2, 1] - grad[1, 2], grad[0, 2] - grad[2, 0], grad[1, 0] - grad[0, 1])
 
 
 @ti.kernel
-def dust_step(df: F2, dt: f64, t1: f64, modes: F2, nm: i32, tau_drag: f64, tau_rise: f64,
+def dust_step(df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_rise: f64,
               ground: i32):
     """Advance live dust from t1 - dt to t1: the air velocity is curl noise plus a rise that decays
     with age; the particle velocity relaxes to it exactly (exponential drag), then moves."""
@@ -554,7 +557,7 @@ def dust_step(df: F2, dt: f64, t1: f64, modes: F2, nm: i32, tau_drag: f64, tau_r
             elif age > 0:
                 h = ti.min(dt, age)  # born during this step: move only since birth
                 x = get3(df, i, DX)
-                u = curl_noise(modes, nm, x, t1) + vec3(0.0, df[i, DRISE] * ti.exp(-age / tau_rise), 0.0)
+                u = curl_noise(modes, per, x, t1) + vec3(0.0, df[i, DRISE] * ti.exp(-age / tau_rise), 0.0)
                 v0 = get3(df, i, DV)
                 dec = decay
                 if h < dt:
