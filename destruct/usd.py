@@ -716,9 +716,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
 
     Needs ``shot.toml``, ``fracture/pieces.npz`` and every frame of ``sim/``. Returns the path.
     """
-    from pxr import Usd, UsdGeom
-
-    from destruct.render.scene import material_looks
     from destruct.shot import load_shot
 
     run_dir = Path(run_dir)
@@ -734,6 +731,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
     sims = _sim_frames(run_dir, frames, len(pieces["names"]))
     fps, ts = float(shot.shot.fps), float(shot.sim.time_scale)
     times = [float(f) for f in frames]
+
+    # heavy imports only once the inputs are known good, so a wrong folder answers at once
+    from pxr import Usd, UsdGeom
+
+    from destruct.render.scene import material_looks
+
     material_names = [str(n) for n in pieces["material_names"]]
 
     stage = Usd.Stage.CreateInMemory()

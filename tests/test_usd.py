@@ -384,3 +384,18 @@ def test_depth_pass_same_through_usd(run):
         assert np.isfinite(depth_a).sum() > 300  # the pieces fill part of the view
         np.testing.assert_array_equal(tri_a, tri_b)
         np.testing.assert_array_equal(depth_a, depth_b)
+
+
+@pytest.mark.slow  # two fresh interpreters (about 4 s of CPU)
+def test_cli_export_usd(tmp_path, run):
+    from conftest import run_cli
+
+    out = tmp_path / "shot.usda"
+    done = run_cli("export", "usd", run[0], "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().startswith("#usda")
+    stage = Usd.Stage.Open(str(out))
+    assert len(stage.GetPrimAtPath("/World/Pieces").GetChildren()) == 4
+    bad = run_cli("export", "usd", tmp_path)
+    assert bad.returncode == 2
+    assert "not a destruct run folder" in bad.stderr and "Traceback" not in bad.stderr
