@@ -104,14 +104,21 @@ def _read_scene(path: Path) -> list[tuple[str, trimesh.Trimesh]]:
     if path.stat().st_size == 0:
         raise UserError(f"building.mesh: {path} is empty (0 bytes); export the mesh again")
     try:
-        scene = trimesh.load(str(path), force="scene")
+        # process=False: NaN vertices must reach our check (trimesh would drop them silently);
+        # split_objects: every OBJ object is its own node, as in glTF
+        extra = (
+            {"split_objects": True, "group_material": False}
+            if path.suffix.lower() == ".obj"
+            else {}
+        )
+        scene = trimesh.load(str(path), force="scene", process=False, **extra)
     except Exception as e:  # noqa: BLE001 (trimesh raises many types for a corrupt file)
         raise UserError(
             f"building.mesh: {path} is not a readable {path.suffix} mesh ({type(e).__name__}: {e}); "
             "export it again as glb, obj, ply or stl"
         ) from None
     out: list[tuple[str, trimesh.Trimesh]] = []
-    for node in scene.graph.nodes_geometry:
+    for node in sorted(scene.graph.nodes_geometry):  # the graph's own order is not stable
         transform, geom_name = scene.graph[node]
         geom = scene.geometry.get(geom_name)
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
@@ -143,7 +150,13 @@ def _repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh | None:
 
 def _solids(name: str, mesh: trimesh.Trimesh, path: Path, report: dict) -> list[trimesh.Trimesh]:
     """One node's connected components as closed volumes, with their cavities kept inside."""
-    comps = mesh.split(only_watertight=False) if len(mesh.faces) else []
+    with np.errstate(invalid="ignore", divide="ignore"):  # trimesh's centre of a flat shell
+        return _solids_of(name, mesh, path, report)
+
+
+def _solids_of(name: str, mesh: trimesh.Trimesh, path: Path, report: dict) -> list[trimesh.Trimesh]:
+    # repair=False: trimesh would otherwise fill holes silently, unreported
+    comps = mesh.split(only_watertight=False, repair=False) if len(mesh.faces) else []
     closed: list[trimesh.Trimesh] = []
     for k, comp in enumerate(comps):
         if comp.is_watertight and comp.is_winding_consistent:
