@@ -1,0 +1,151 @@
+"""The refine pipeline on tiny random models (2 steps at 64x64, CPU), DESIGN.md section 8."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+import torch
+
+from refine.metrics import warping_error
+from refine.pipeline import ControlKind, ControlSpec, load_pipeline
+from refine.temporal import (
+    RefineSettings,
+    TemporalSettings,
+    fresh_noise,
+    install_cross_frame,
+    refine_sequence,
+    refine_window,
+)
+from refine.testing import save_tiny_set, synthetic_frames
+
+SETTINGS = RefineSettings(
+    prompt="a concrete building",
+    negative_prompt="blurry",
+    steps=2,
+    strength=1.0,
+    guidance=7.0,
+    seed=3,
+)
+OFF = TemporalSettings(noise_warp=False, cross_frame=False, fusion=False, window=4, overlap=1)
+ALL = TemporalSettings(window=4, overlap=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    # tiny convolutions: one thread is ~10x faster than two when the machine is shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_models")
+    spec = save_tiny_set(root)
+    specs = [
+        ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]
+    ]
+    rp = load_pipeline(spec["model"], specs, device="cpu")
+    state = install_cross_frame(rp.pipe)
+    yield rp, state
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return synthetic_frames(6, 64, velocity=(2.0, 1.0))
+
+
+def _images(out):
+    return [out[f] for f in sorted(out)]
+
+
+def test_same_seed_gives_identical_frames(tiny, frames):
+    rp, state = tiny
+    a = refine_sequence(rp, frames[:3], SETTINGS, ALL, state)
+    b = refine_sequence(rp, frames[:3], SETTINGS, ALL, state)
+    for f in a:
+        np.testing.assert_array_equal(a[f], b[f])
+    c = refine_sequence(rp, frames[:3], dataclasses.replace(SETTINGS, seed=4), ALL, state)
+    assert np.abs(c[frames[0].frame] - a[frames[0].frame]).mean() > 1e-3
+
+
+def test_without_temporal_methods_a_frame_control_reaches_only_that_frame(tiny, frames):
+    rp, state = tiny
+    base = refine_sequence(rp, frames[:5], SETTINGS, OFF, state)
+    changed = list(frames[:5])
+    f3 = changed[3]
+    changed[3] = dataclasses.replace(f3, controls=[1.0 - f3.controls[0], f3.controls[1]])
+    out = refine_sequence(rp, changed, SETTINGS, OFF, state)
+    for k, fr in enumerate(frames[:5]):
+        diff = np.abs(out[fr.frame] - base[fr.frame]).max()
+        assert (diff > 1e-3) if k == 3 else (diff == 0.0), (k, diff)
+
+
+def test_cross_frame_attention_keeps_the_anchor_and_changes_the_others(tiny, frames):
+    rp, state = tiny
+    plain = refine_window(rp, frames[:3], SETTINGS, OFF, state)
+    xattn = refine_window(
+        rp, frames[:3], SETTINGS, dataclasses.replace(OFF, cross_frame=True), state
+    )
+    np.testing.assert_array_equal(xattn[0], plain[0])
+    for k in (1, 2):
+        assert np.abs(xattn[k] - plain[k]).max() > 1e-4
+    # it is installed in the UNet and in every ControlNet
+    names = {
+        p.name.split(".")[0]
+        for net in [rp.pipe.unet, *rp.pipe.controlnet.nets]
+        for p in net.attn_processors.values()
+        if hasattr(p, "name")
+    }
+    assert names == {"unet", "controlnet0", "controlnet1"}
+
+
+def test_latents_are_the_noised_encoding_of_the_beauty(tiny, frames, monkeypatch):
+    rp, _ = tiny
+    fr = frames[0]
+    noise = torch.from_numpy(fresh_noise(rp.latent_shape(64, 64), 0, fr.frame))[None]
+    seen = {}
+    real_call = type(rp.pipe).__call__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(rp.pipe), "__call__", spy)
+    rp(fr.beauty, fr.controls, noise, prompt="x", steps=4, strength=0.5)
+    t0 = rp.timesteps(4, 0.5)[0]
+    expected = rp.pipe.scheduler.add_noise(rp.encode(fr.beauty), noise, torch.tensor([t0]))
+    torch.testing.assert_close(seen["latents"], expected)
+    assert t0 < 999  # strength 0.5 starts half way down the schedule
+    for c in seen["control_image"]:  # float tensors straight from the passes (no 8-bit trip)
+        assert c.dtype == torch.float32
+    torch.testing.assert_close(
+        seen["control_image"][0][0].permute(1, 2, 0), torch.from_numpy(fr.controls[0])
+    )
+
+
+def test_temporal_method_halves_the_warping_error_of_per_frame_refine(tiny, frames):
+    rp, state = tiny
+    mot, occ = [f.motion for f in frames], [f.occlusion for f in frames]
+    coarse = warping_error([f.beauty for f in frames], mot, occ)
+    per_frame = warping_error(_images(refine_sequence(rp, frames, SETTINGS, OFF, state)), mot, occ)
+    temporal = warping_error(_images(refine_sequence(rp, frames, SETTINGS, ALL, state)), mot, occ)
+    print(f"warping error: coarse {coarse:.5f} per-frame {per_frame:.5f} temporal {temporal:.5f}")
+    assert coarse < 1e-4
+    assert temporal <= 0.5 * per_frame
+
+
+def test_windows_in_any_order_give_the_same_frames(tiny, frames):
+    rp, state = tiny
+    forward = refine_sequence(rp, frames, SETTINGS, ALL, state)  # windows (0..3), (3..5)
+    backward = refine_sequence(rp, frames, SETTINGS, ALL, state, order=[1, 0])
+    for f in forward:
+        np.testing.assert_array_equal(forward[f], backward[f])
+    # the seam frame is a cross-fade of both windows, the rest come from one window each
+    first = refine_window(rp, frames[:4], SETTINGS, ALL, state)
+    np.testing.assert_array_equal(forward[frames[0].frame], first[0])
+    second = refine_window(rp, frames[3:], SETTINGS, ALL, state)
+    np.testing.assert_allclose(
+        forward[frames[3].frame], 0.5 * first[3] + 0.5 * second[0], atol=1e-6
+    )
