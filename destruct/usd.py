@@ -248,6 +248,31 @@ def _rotation_part(m: np.ndarray, where: str) -> np.ndarray:
     return u @ vt
 
 
+def _check_time_range(
+    prim: Any, codes: Sequence[float], frames: Sequence[int], tcps: float, fps: float, where: str
+) -> None:
+    """Refuse shot frames outside an animated camera's samples: USD would hold the first or last
+    pose, and a frozen camera over a moving plate is a silent mistake (usually a start frame
+    that differs between the shot and the matchmove)."""
+    from pxr import UsdGeom
+
+    samples: list[float] = []
+    p = prim
+    while p and not p.IsPseudoRoot():
+        samples += UsdGeom.Xformable(p).GetTimeSamples() if p.IsA(UsdGeom.Xformable) else []
+        p = p.GetParent()
+    if not samples or not codes:
+        return
+    lo, hi = min(samples), max(samples)
+    eps = 1e-6 * max(1.0, abs(hi))
+    if min(codes) < lo - eps or max(codes) > hi + eps:
+        raise UserError(
+            f"{where} is animated over time codes {lo:g}..{hi:g} ({tcps:g} per second), but the shot's "
+            f"frames {min(frames)}..{max(frames)} at {fps:g} fps read time codes {min(codes):g}.."
+            f"{max(codes):g}: set shot.start_frame to match the matchmove, or re-export the camera"
+        )
+
+
 def read_usd_camera(
     path: str | os.PathLike, prim_path: str | None = None, *, frames: Sequence[int], fps: float
 ) -> list[dict[str, Any]]:
@@ -255,8 +280,9 @@ def read_usd_camera(
 
     The camera is ``prim_path`` or the first Camera prim found. Frame ``f`` is read at time code
     ``f * timeCodesPerSecond / fps`` (time code = frame number when the file runs at the shot's
-    fps). Positions are converted to metres (metersPerUnit) and to Y up (a Z-up stage is rotated
-    -90 degrees about x); focal length and apertures from tenths of a scene unit to millimetres.
+    fps); frames outside an animated camera's time samples are refused (UserError). Positions are
+    converted to metres (metersPerUnit) and to Y up (a Z-up stage is rotated -90 degrees about
+    x); focal length and apertures from tenths of a scene unit to millimetres.
 
     Returns per frame ``{"position": (3,), "rotation": (3, 3) camera -> world (columns x right,
     y up, z towards the viewer), "focal_mm", "sensor_mm" (horizontal aperture),
@@ -276,9 +302,11 @@ def read_usd_camera(
     tcps = float(stage.GetTimeCodesPerSecond())
     cache = UsdGeom.XformCache()
     mm = MM_PER_LENS_UNIT * mpu
+    codes = [float(f) * tcps / float(fps) for f in frames]
+    _check_time_range(prim, codes, frames, tcps, fps, where)
     out = []
-    for f in frames:
-        t = Usd.TimeCode(float(f) * tcps / float(fps))
+    for f, code in zip(frames, codes):
+        t = Usd.TimeCode(code)
         if camera.GetProjectionAttr().Get(t) != UsdGeom.Tokens.perspective:
             raise UserError(
                 f"{where} is an orthographic camera; destruct renders with a perspective camera"

@@ -273,6 +273,8 @@ def test_camera_round_trip(tmp_path):
             and g["sensor_mm"] == 36.0
             and g["vertical_sensor_mm"] == 24.0
         )
+    with pytest.raises(UserError, match=r"animated over time codes 101..105.*frames 1001..1002"):
+        read_usd_camera(path, frames=[1001, 1002], fps=25.0)  # shot and matchmove frames disagree
     # a file at 48 time codes per second read for a 24 fps shot: frame f is time code 2 f
     path48 = write_usd_camera(tmp_path / "cam48.usdc", cams, fps=48.0, start_frame=202)
     got = read_usd_camera(path48, frames=[101, 102], fps=24.0)
