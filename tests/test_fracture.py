@@ -1,7 +1,5 @@
 """Voronoi fracture, pieces, bonds and the fracture/ artifact (issue 3)."""
 
-from types import SimpleNamespace
-
 import manifold3d as m3
 import numpy as np
 import pytest
@@ -289,25 +287,23 @@ def test_write_read_round_trip_gives_identical_arrays(tmp_path):
     assert back.volume_error == pytest.approx(scene.volume_error)
 
 
-def _shot(**over):
-    """A stand-in with the DESIGN.md section 4 field names (until destruct.shot lands)."""
-    proc = SimpleNamespace(
-        floors=1, bays_x=1, bays_z=1, bay=4.0, story=3.0, windows=True, interior_walls=False
+def _shot(**fracture):
+    """A small real shot: one bay, one floor, glass windows, a charge, a material override."""
+    from destruct.shot import shot_from_dict
+
+    return shot_from_dict(
+        {
+            "shot": {"seed": 0},
+            "building": {
+                "procedural": {"floors": 1, "bays_x": 1, "bays_z": 1, "bay": 4.0, "story": 3.0},
+                "material": "concrete",
+                "materials": {"window": "glass", "column": "reinforced_concrete"},
+            },
+            "materials": {"glass": {"tensile": 1e6}},
+            "fracture": {"pieces": 30, **fracture},
+            "charges": [{"time": 0.5, "position": [0, 1, 0], "radius": 1.0, "impulse": 100.0}],
+        }
     )
-    shot = SimpleNamespace(
-        shot=SimpleNamespace(seed=0),
-        building=SimpleNamespace(
-            procedural=proc, mesh=None, scale=1.0, up="y", material="concrete",
-            materials={"window": "glass", "column": "reinforced_concrete"},
-        ),
-        materials={"glass": {"tensile": 1e6, "density": None}},
-        fracture=SimpleNamespace(pieces=30, method="voronoi", seed=None, detail=[]),
-        charges=[SimpleNamespace(time=0.5, position=[0, 1, 0], radius=1.0, impulse=100.0)],
-        sim=SimpleNamespace(anchor_to_ground=True),
-    )  # fmt: skip
-    for k, v in over.items():
-        setattr(shot.fracture, k, v)
-    return shot
 
 
 def test_prepare_reads_the_shot():
@@ -319,8 +315,8 @@ def test_prepare_reads_the_shot():
     glass = [i for i, p in enumerate(scene.pieces) if p.material == "glass"]
     only_glass = np.isin(scene.bonds.pairs[:, 0], glass) & np.isin(scene.bonds.pairs[:, 1], glass)
     assert np.all(scene.bonds.tensile[only_glass] == 1e6)
-    with pytest.raises(UserError, match="fracture.method"):
-        prepare(_shot(method="shatter"))
+    other = prepare(_shot(seed=11))  # fracture.seed overrides shot.seed
+    assert not np.array_equal(scene.pieces[0].com, other.pieces[0].com)
 
 
 def test_run_prepare_writes_the_artifact(tmp_path):
