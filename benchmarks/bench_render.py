@@ -220,7 +220,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
         naive, t_seg, seg = _naive(shot, meshes, frames, repeat=2 if quick else 3)
         # the SEG render of the naive path is drawn from pyrender's own meshes: same geometry
         agree = float(np.mean(seg == ras.ids))
-        tris = int(len(mesh.tri_body))
+        tris = len(mesh.tri_body)
         records.append(
             {
                 "name": "all_passes_720p",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -249,9 +250,18 @@ def run_render(ctx) -> dict[str, Any]:
             cache[f] = (raster_frame(mesh, bodies, setup.cameras[f], setup.ground), dust)
         return cache[f]
 
+    def finish(job) -> None:
+        f, fut = job
+        fut.result()
+        ctx.frame_done(f)
+        figures["frames_rendered"] += 1
+
+    # Files are written on a worker thread (PNG zlib runs without the GIL) while the
+    # next frame renders; a frame is recorded done only once its files are on disk.
     t0 = time.perf_counter()
+    pending = None
     try:
-        with ctx.progress(len(todo), "render") as bar:
+        with ctx.progress(len(todo), "render") as bar, ThreadPoolExecutor(1) as pool:
             for f in todo:
                 r, dust = raster(f)
                 nxt = raster(f + 1)[0] if f < last else None
@@ -270,22 +280,29 @@ def run_render(ctx) -> dict[str, Any]:
                 p = frame_passes(
                     r, nxt=nxt, prev=prev, gl_rgba=rgba, plate=bg, dust=dust, classes=setup.classes
                 )
-                write_frame(
-                    out_dir,
-                    shot.shot.name,
+                if pending is not None:
+                    finish(pending)
+                    bar.advance()
+                pending = (
                     f,
-                    p,
-                    passes,
-                    exr=shot.render.exr,
-                    png=shot.render.png,
-                    near=setup.near,
-                    far=setup.far,
-                    names=setup.names,
+                    pool.submit(
+                        write_frame,
+                        out_dir,
+                        shot.shot.name,
+                        f,
+                        p,
+                        passes,
+                        exr=shot.render.exr,
+                        png=shot.render.png,
+                        near=setup.near,
+                        far=setup.far,
+                        names=setup.names,
+                    ),
                 )
-                ctx.frame_done(f)
                 for k in [k for k in cache if k < f]:
                     del cache[k]
-                figures["frames_rendered"] += 1
+            if pending is not None:
+                finish(pending)
                 bar.advance()
     finally:
         gl.close()
