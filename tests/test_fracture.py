@@ -331,3 +331,21 @@ def test_run_prepare_writes_the_artifact(tmp_path):
     for name in ("pieces.npz", "bonds.npz", "fracture.json"):
         assert (tmp_path / "fracture" / name).is_file()
     assert len(read_fracture(tmp_path / "fracture").pieces) == figures["pieces"]
+
+
+def test_thread_count_does_not_change_the_pieces():
+    parts = build_procedural(floors=1, bays_x=1, bays_z=1)
+    one = scene_arrays(fracture_parts(parts, 40, seed=9, threads=1))
+    two = scene_arrays(fracture_parts(parts, 40, seed=9, threads=2))
+    for a, b in zip(one, two):
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_default_shot_fractures_soundly():
+    from destruct import default_shot_path, load_shot
+
+    scene = prepare(load_shot(default_shot_path()))
+    assert 780 <= len(scene.pieces) <= 900
+    _assert_sound(scene, sample_pairs=200)
