@@ -283,15 +283,19 @@ def _window_images(
                 return {int(f): im.astype(np.float32) for f, im in zip(d["frames"], d["images"])}
         except UserError:
             pass  # unreadable or old cache: refine again
-    imgs = refine_window(rp, _LazyFrames(reader, win), settings, temporal, state)
+    # rounded to the cache's float16 also when fresh, so a resumed run writes the same bytes
+    imgs = [
+        im.astype(np.float16)
+        for im in refine_window(rp, _LazyFrames(reader, win), settings, temporal, state)
+    ]
     save_npz(
         cache,
         WINDOW_FORMAT,
         key=np.array(key),
         frames=np.array(win, np.int64),
-        images=np.stack(imgs).astype(np.float16),
+        images=np.stack(imgs),
     )
-    return dict(zip(win, imgs))
+    return {f: im.astype(np.float32) for f, im in zip(win, imgs)}
 
 
 def _plate_srgb(shot: Any, frame: int, width: int, height: int) -> np.ndarray | None:
