@@ -463,9 +463,10 @@ def find_bonds(pieces: Sequence[Piece]) -> tuple[np.ndarray, np.ndarray, np.ndar
     piece, normal, offset, lo, hi, area, centroid, tris = _plane_groups(pieces)
     # groups in one plane facing each other: (n, d) of one is close to (-n, -d) of the other
     plane = np.column_stack([normal, offset])
-    near = cKDTree(plane).query_ball_tree(cKDTree(-plane), r=5e-3)
-    cand = np.array([(i, j) for i, js in enumerate(near) for j in js if i < j], dtype=np.int64)
-    cand = cand.reshape(-1, 2)
+    near = cKDTree(plane).sparse_distance_matrix(cKDTree(-plane), 5e-3, output_type="ndarray")
+    cand = np.column_stack([near["i"], near["j"]]).astype(np.int64)
+    cand = cand[cand[:, 0] < cand[:, 1]]
+    cand = cand[np.lexsort((cand[:, 1], cand[:, 0]))]  # a fixed order, whatever the tree's
     if len(cand):
         a, b = cand[:, 0], cand[:, 1]
         same_plane = (
@@ -862,11 +863,24 @@ def read_fracture(folder: str | Path) -> Scene:
 # ----------------------------------------------------------------------------- stage
 
 
+#: What each list of the mesh import report means, for the stage's warnings.
+REPAIR_NOTES = {
+    "repaired": "open or broken components repaired by pymeshfix",
+    "flipped": "inside-out components turned outward",
+    "overlaps": "overlaps between parts removed from the later part",
+    "degenerate": "zero-volume components left out",
+    "ignored": "nodes that are not triangle meshes left out",
+}
+
+
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
     """The ``prepare`` stage: shot -> ``fracture/`` (pieces.npz, bonds.npz, fracture.json)."""
     t0 = time.perf_counter()
     scene = prepare(ctx.shot, progress=ctx.progress)
     seconds = time.perf_counter() - t0
+    for key, what in REPAIR_NOTES.items():
+        if scene.repair.get(key):
+            ctx.warn(f"mesh import: {len(scene.repair[key])} {what} (see fracture/fracture.json)")
     if scene.volume_error > 1e-6:
         ctx.warn(f"fracture lost volume: relative error {scene.volume_error:.2e} (expected < 1e-6)")
     write_fracture(scene, ctx.path("fracture", "pieces.npz").parent)

@@ -91,8 +91,9 @@ def _clean_name(name: str) -> str:
     return s or "part"
 
 
-def _read_scene(path: Path) -> list[tuple[str, trimesh.Trimesh]]:
-    """(node name, mesh in file coordinates) for every triangle mesh of the file."""
+def _read_scene(path: Path, ignored: list) -> list[tuple[str, trimesh.Trimesh]]:
+    """(node name, mesh in file coordinates) for every triangle mesh of the file; nodes that
+    are not triangle meshes (points, lines, empty) are listed in ``ignored``."""
     if not path.is_file():
         raise UserError(
             f"building.mesh: {path} does not exist; check the path (relative to the shot file)"
@@ -122,6 +123,7 @@ def _read_scene(path: Path) -> list[tuple[str, trimesh.Trimesh]]:
         transform, geom_name = scene.graph[node]
         geom = scene.geometry.get(geom_name)
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
+            ignored.append({"node": str(node), "type": type(geom).__name__})
             continue
         mesh = geom.copy()
         mesh.apply_transform(transform)
@@ -252,8 +254,9 @@ def load_parts(
         "flipped": [],
         "overlaps": [],
         "degenerate": [],
+        "ignored": [],
     }
-    nodes = _read_scene(path)
+    nodes = _read_scene(path, report["ignored"])
     materials = dict(materials or {})
     parts: list[Part] = []
     for node, mesh in nodes:

@@ -183,3 +183,17 @@ def test_prepare_a_mesh_shot_records_origin_and_repair(tmp_path):
     assert back.repair["volume"] == pytest.approx(12.0) and back.repair["file"].endswith(
         "tower.ply"
     )
+
+
+def test_run_prepare_warns_about_repairs(tmp_path, capsys):
+    from destruct.fracture import run_prepare
+    from destruct.rundir import RunDir
+    from destruct.shot import shot_from_dict
+    from destruct.stages import Stage, StageContext
+
+    _write_obj(tmp_path / "two.obj", box_mesh((0, 0, 0), (2, 1, 1)), box_mesh((1, 0, 0), (3, 1, 1)))
+    shot = shot_from_dict({"building": {"mesh": "two.obj"}, "fracture": {"pieces": 6}}, tmp_path)
+    ctx = StageContext(shot=shot, run=RunDir(tmp_path / "run"), stage=Stage.PREPARE, frames=[])
+    figures = run_prepare(ctx)
+    assert figures["input_volume"] == pytest.approx(3.0) and figures["volume_error"] < 1e-6
+    assert "1 overlaps between parts removed" in capsys.readouterr().err
