@@ -26,6 +26,7 @@ FPS, SUBSTEPS, SECONDS = 24, 8, 1.0
 
 def _case(kind: str, n: int) -> dict:
     """One measured case, in this process (called in a child interpreter by :func:`run`)."""
+    import os
     import resource
     import time
 
@@ -81,6 +82,7 @@ def _case(kind: str, n: int) -> dict:
         "snapshot_seconds": snap_s,
         "snapshot_mib": sum(a.nbytes for a in snap.values()) / 2**20,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_average": round(os.getloadavg()[0], 2),  # other work sharing the cores
     }
 
 

@@ -115,6 +115,42 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
     )
 
 
+def break_inputs(pairs, points, areas, positions, velocities, angular_velocities,
+                 masses) -> dict[str, np.ndarray]:
+    """The velocity and energy arguments of :meth:`DebrisSystem.emit_breaks` for broken bonds.
+
+    ``pairs`` (n, 2) piece indices (-1 in the second column: the ground); ``points`` (n, 3) the
+    bonds' current world points [m] (``World.bond_points()``); ``areas`` (n,) [m^2]; the pieces'
+    ``positions`` (centres of mass), ``velocities``, ``angular_velocities`` (P, 3) and ``masses``
+    (P,) [kg]. Returns ``vel_a``, ``vel_b`` (n, 3): each piece's velocity at the point, and
+    ``energies`` (n,) [J]: the fracture energy of the face, G_REF * area, plus the kinetic energy
+    of the pieces' relative motion at the point, 1/2 m_red |v_a - v_b|^2 with the reduced mass
+    m_a m_b / (m_a + m_b) (m_a for a ground bond): quiet breaks emit the reference count, violent
+    ones up to MAX_ENERGY_SCALE times more, thrown faster.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    n = len(pairs)
+    pts = _f3(points, n, "points")
+    area = _f1(areas, n, "areas")
+    x = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    v = np.asarray(velocities, dtype=np.float64).reshape(-1, 3)
+    w = np.asarray(angular_velocities, dtype=np.float64).reshape(-1, 3)
+    m = np.asarray(masses, dtype=np.float64).reshape(-1)
+
+    def at(i: np.ndarray) -> np.ndarray:
+        ok = i >= 0
+        out = np.zeros((n, 3))
+        out[ok] = v[i[ok]] + np.cross(w[i[ok]], pts[ok] - x[i[ok]])
+        return out
+
+    a, b = pairs[:, 0], pairs[:, 1]
+    va, vb = at(a), at(b)
+    ma, mb = m[a], m[np.maximum(b, 0)]
+    m_red = np.where(b >= 0, ma * mb / (ma + mb), ma)
+    kinetic = 0.5 * m_red * np.sum((va - vb) ** 2, axis=1)
+    return {"vel_a": va, "vel_b": vb, "energies": G_REF * area + kinetic}
+
+
 def _f3(a, n: int, name: str) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.shape != (n, 3):
@@ -423,7 +459,8 @@ class DebrisSystem:
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """The live particles as float32/int32 arrays under the sim frame keys of
-        docs/FORMATS.md (rubble sorted by id; dust radius grows and alpha fades with age)."""
+        docs/FORMATS.md (rubble sorted by id; dust radius grows and alpha fades with age), plus
+        ``rubble_age`` and ``dust_age`` (R,) / (D,) f32: seconds since emission."""
         K = self._K
         rf, ri = self._rf.to_numpy(), self._ri.to_numpy()
         alive = ri[:, K.ALIVE] == 1
@@ -437,6 +474,7 @@ class DebrisSystem:
             "rubble_velocity": r[:, K.V:K.V + 3].astype(np.float32),
             "rubble_radius": r[:, K.RAD].astype(np.float32),
             "rubble_material": ri[alive, K.MAT].astype(np.int32),
+            "rubble_age": (self.time - r[:, K.BIRTH]).astype(np.float32),
         }
         df = self._df.to_numpy()
         life = df[:, K.DLIFE]
@@ -449,6 +487,7 @@ class DebrisSystem:
         out["dust_position"] = d[:, K.DX:K.DX + 3].astype(np.float32)
         out["dust_radius"] = (d[:, K.DR0] * (1 + (d[:, K.DGROW] - 1) * np.sqrt(u))).astype(np.float32)
         out["dust_alpha"] = (d[:, K.DA0] * np.minimum(age / FADE_IN, 1.0) * (1 - u) ** 2).astype(np.float32)
+        out["dust_age"] = age.astype(np.float32)
         return out
 
     def state(self) -> dict[str, np.ndarray]:

@@ -264,3 +264,26 @@ def test_bad_arguments_are_refused():
         d.emit_breaks(**args, time=0.0)
     with pytest.raises(ValueError, match="dt"):
         d.step(0.0, 8)
+
+
+def test_break_inputs_velocities_at_the_point_and_energy():
+    out = debris.break_inputs(
+        pairs=[[0, 1], [2, -1]], points=[[1, 1, 0], [0, 0, 0]], areas=[0.5, 0.2],
+        positions=[[0, 0, 0], [1, 0, 0], [0, 0, 0]],
+        velocities=[[1, 0, 0], [0, 0, 0], [0, 2, 0]],
+        angular_velocities=[[0, 0, 0], [0, 0, 1], [0, 0, 0]], masses=[2.0, 2.0, 3.0])
+    assert np.allclose(out["vel_a"], [[1, 0, 0], [0, 2, 0]])
+    assert np.allclose(out["vel_b"], [[-1, 0, 0], [0, 0, 0]])  # w x r = (0,0,1) x (0,1,0)
+    # fracture energy of the face + 1/2 m_red dv^2 (m_red = 1 kg for 2|2 kg, 3 kg on the ground)
+    assert np.allclose(out["energies"], [debris.G_REF * 0.5 + 2.0, debris.G_REF * 0.2 + 6.0])
+
+
+def test_snapshot_ages():
+    d = DebrisSystem(seed=9, max_rubble=100, max_dust=100)
+    d.emit_breaks(**breaks(np.zeros((1, 3)) + [0, 5, 0]), time=0.0)
+    for _ in range(6):
+        d.step(DT, SUB)
+    d.emit_breaks(**breaks(np.zeros((1, 3)) + [0, 5, 0]), time=d.time)
+    s = d.snapshot()
+    assert np.allclose(np.sort(np.unique(s["rubble_age"])), [0.0, 6 * DT], atol=1e-6)
+    assert np.allclose(np.sort(np.unique(s["dust_age"])), [0.0, 6 * DT], atol=1e-6)
