@@ -257,7 +257,20 @@ def _run_stage(
         )
         e["figures"] = {**e.get("figures", {}), **figures}
     say(f"{name}: {'done' if complete else 'partial'} in {seconds:.1f} s")
+    if stage is Stage.SIMULATE and shot.output.usd:
+        _export_usd(rd, say)
     return True
+
+
+def _export_usd(rd: RunDir, say) -> None:
+    """``[output] usd = true``: write scene.usdc right after the simulation."""
+    from destruct.usd import export_run
+
+    t0 = time.perf_counter()
+    path = export_run(rd.root)
+    with rd.update() as m:
+        m["stages"]["simulate"].setdefault("figures", {})["usd_seconds"] = round(time.perf_counter() - t0, 3)
+    say(f"usd: wrote {path.name}")
 
 
 def _record(rd: RunDir, name: str, **fields: Any) -> None:
