@@ -349,3 +349,16 @@ def test_default_shot_fractures_soundly():
     scene = prepare(load_shot(default_shot_path()))
     assert 780 <= len(scene.pieces) <= 900
     _assert_sound(scene, sample_pairs=200)
+
+
+def test_sliver_across_an_opening_joins_its_neighbour():
+    # a U: seed 0 sits in the left prong by the slot; its cell reaches across the slot and
+    # cuts a 0.01 m^3 sliver off the right prong, which joins the right prong's piece
+    u = m3.Manifold.cube([3, 1, 1]) - m3.Manifold.cube([1, 0.6, 2]).translate([1, 0.5, -0.5])
+    part = Part("u_00", "part", "concrete", _mesh_of(u))
+    seeds = np.array([[0.95, 0.9, 0.5], [0.3, 0.3, 0.5], [2.9, 0.2, 0.5]])
+    scene = fracture_with_seeds([part], [seeds])
+    assert len(scene.pieces) == 3
+    assert scene.pieces[2].volume > 1.08 and min(p.volume for p in scene.pieces) > 0.6
+    assert len(scene.pieces[2].hulls) == 2  # the sliver keeps its own hull
+    _assert_sound(scene, sample_pairs=0)
