@@ -106,17 +106,6 @@ class CameraFrame:
             v = self.cy - self.fy * c[:, 1] / depth
         return np.stack([u, v], axis=1), depth
 
-    def pixel_rays(self) -> np.ndarray:
-        """(h, w, 3) camera-space ray through each pixel centre, scaled so that z = -1 (a point
-        at depth d on the ray is ``d * ray``)."""
-        x = (np.arange(self.width) + 0.5 - self.cx) / self.fx
-        y = -(np.arange(self.height) + 0.5 - self.cy) / self.fy
-        rays = np.empty((self.height, self.width, 3))
-        rays[..., 0] = x[None, :]
-        rays[..., 1] = y[:, None]
-        rays[..., 2] = -1.0
-        return rays
-
 
 def look_at_rotation(
     position: Sequence[float], target: Sequence[float], up: Sequence[float] = (0, 1, 0)

@@ -198,9 +198,9 @@ def write_frame(
         if "beauty" in passes:
             save_png_fast(out_dir / "beauty" / f"{stem}.png", to_uint8(linear_to_srgb(p["beauty"])))
         if "depth" in passes:
-            save_png_fast(
-                out_dir / "depth" / f"{stem}.png", to_uint8(depth_to_control(p["depth"], near, far))
-            )
+            # one grey channel: a third of the bytes; image loaders expand it to RGB
+            grey = to_uint8(depth_to_control(p["depth"], near, far)[..., 0])
+            save_png_fast(out_dir / "depth" / f"{stem}.png", grey)
         if "normal" in passes:
             mask = np.isfinite(p["depth"])
             save_png_fast(

@@ -182,27 +182,48 @@ def rasterize(verts, faces, cam, *, near: float = 0.05):
     return tri, depth
 
 
+@nb.njit(parallel=True, cache=True)
+def _ground(tri, depth, rot, pos, fx, fy, cx, cy, half_size, gx, gz):
+    h, w = tri.shape
+    for y in nb.prange(h):
+        dy = -(y + 0.5 - cy) / fy
+        for x in range(w):
+            dx = (x + 0.5 - cx) / fx
+            # world direction of the ray with camera z = -1, so the hit's depth is t
+            d0 = rot[0, 0] * dx + rot[0, 1] * dy - rot[0, 2]
+            d1 = rot[1, 0] * dx + rot[1, 1] * dy - rot[1, 2]
+            d2 = rot[2, 0] * dx + rot[2, 1] * dy - rot[2, 2]
+            if d1 >= 0.0:
+                continue
+            t = -pos[1] / d1
+            if t >= depth[y, x]:
+                continue
+            if abs(pos[0] + t * d0 - gx) <= half_size and abs(pos[2] + t * d2 - gz) <= half_size:
+                tri[y, x] = GROUND
+                depth[y, x] = t
+
+
 def add_ground(
     tri: np.ndarray, depth: np.ndarray, cam, half_size: float, center=(0.0, 0.0)
 ) -> None:
     """Put the ground plane y = 0 (a square of ``half_size`` metres around ``center`` (x, z))
-    into the buffers where it is nearer than what was drawn (in place, ``GROUND`` in ``tri``)."""
-    rays = cam.pixel_rays()
-    dirs = rays @ cam.rotation.T  # world direction per pixel, scaled so depth = t
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = -cam.position[1] / dirs[..., 1]
-    hx = cam.position[0] + t * dirs[..., 0]
-    hz = cam.position[2] + t * dirs[..., 2]
-    hit = (
-        (t > 0)
-        & (np.abs(hx - center[0]) <= half_size)
-        & (np.abs(hz - center[1]) <= half_size)
-        & (t < depth)
-    )
+    into the buffers where it is nearer than what was drawn (in place, ``GROUND`` in ``tri``).
+    A camera below the ground sees its back, which is not drawn."""
     if cam.position[1] <= 0.0:
-        return  # camera under the ground: it sees the ground's back, which is not drawn
-    tri[hit] = GROUND
-    depth[hit] = t[hit]
+        return
+    _ground(
+        tri,
+        depth,
+        cam.rotation,
+        cam.position,
+        cam.fx,
+        cam.fy,
+        cam.cx,
+        cam.cy,
+        half_size,
+        center[0],
+        center[1],
+    )
 
 
 @nb.njit(cache=True)
