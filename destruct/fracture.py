@@ -8,8 +8,11 @@ a part and across touching parts) and, with ``sim.anchor_to_ground``, to the gro
 Pieces of one part come from that part's own seeds: the cell of seed ``i`` is the part's
 bounding box (enlarged, so no cell face coincides with a part face) trimmed by the bisector
 planes to ``i``'s Delaunay neighbours, then intersected with the part. A cell that cuts a
-non-convex part into disconnected bits gives one piece per bit (a rigid piece is connected).
-Faces that come from the cell (not from the part's surface) are the interior faces.
+non-convex part into disconnected bits gives one piece per bit (a rigid piece is connected);
+a bit much smaller than its neighbours (a sliver across a window) joins the neighbour it
+shares the most area with. Faces that come from the cell (not from the part's surface) are
+the interior faces. Seeds are blue noise (best-candidate) drawn from a density that is
+higher near charges and ``fracture.detail`` points.
 
 Bonds are found geometrically, so the same code bonds Voronoi neighbours and touching parts
 (a column on a slab): two pieces are bonded when faces of theirs lie in one plane with
@@ -56,8 +59,8 @@ HULL_RATIO = 1.3
 #: for (it is O(n^2); larger parts take plain samples from the density).
 SEED_CANDIDATES = 8
 BEST_CANDIDATE_MAX = 4000
-#: A secondary bit of a cell smaller than this fraction of the part's mean piece volume is
-#: merged into its neighbour (see ``_merge_slivers``).
+#: A bit smaller than this fraction of the median volume of the bits it touches in its part
+#: is joined to its largest-contact neighbour (see ``_merge_slivers``).
 SLIVER_FRACTION = 0.25
 #: Most times a far-from-convex piece is halved to build its compound of hulls (2^depth hulls).
 HULL_MAX_DEPTH = 3
@@ -103,10 +106,6 @@ class Bonds:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    @classmethod
-    def empty(cls) -> Bonds:
-        return cls(np.zeros((0, 2), np.int32), *(np.zeros((0, 3)),) * 2, *(np.zeros(0),) * 4)
-
 
 @dataclass
 class Scene:
@@ -117,9 +116,8 @@ class Scene:
     input_volume: float  # m^3, the parts' volume before fracture (after repair)
     origin: np.ndarray = field(default_factory=lambda: np.zeros(3))  # subtracted from a mesh
     material_names: tuple[str, ...] = MATERIAL_NAMES
-    elements: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # name, kind, material, volume, pieces
+    # per part: name, kind, material, volume, pieces
+    elements: list[dict[str, Any]] = field(default_factory=list)
     repair: dict[str, Any] = field(default_factory=dict)  # mesh import report
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (not stored)
 
@@ -729,10 +727,7 @@ def fracture_with_seeds(
     """
     t0 = time.perf_counter()
     densities = {name: resolve(name, overrides).density for name in {p.material for p in parts}}
-    cells = [
-        _PartCells.of(p, np.asarray(s, dtype=np.float64).reshape(-1, 3))
-        for p, s in zip(parts, seeds)
-    ]
+    cells = [_PartCells.of(p, _distinct(s)) for p, s in zip(parts, seeds)]
     tasks = [(k, i) for k, c in enumerate(cells) for i in range(len(c.neighbours))]
     workers = threads if threads > 0 else (os.cpu_count() or 1)
     per_cell: list[list[list[_Bit]]] = [[] for _ in parts]
@@ -783,6 +778,13 @@ def fracture_with_seeds(
         elements=elements,
         timings=timings,
     )
+
+
+def _distinct(seeds) -> np.ndarray:
+    """(n, 3) seeds without repeats (two equal seeds would give two equal cells), in order."""
+    seeds = np.asarray(seeds, dtype=np.float64).reshape(-1, 3)
+    _, first = np.unique(seeds, axis=0, return_index=True)
+    return seeds[np.sort(first)]
 
 
 def _rank(material: str) -> int | str:

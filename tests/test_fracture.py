@@ -362,3 +362,11 @@ def test_sliver_across_an_opening_joins_its_neighbour():
     assert scene.pieces[2].volume > 1.08 and min(p.volume for p in scene.pieces) > 0.6
     assert len(scene.pieces[2].hulls) == 2  # the sliver keeps its own hull
     _assert_sound(scene, sample_pairs=0)
+
+
+def test_repeated_or_missing_seeds():
+    part = _box_part((0, 0, 0), (2, 1, 1))
+    twice = fracture_with_seeds([part], [[[0.5, 0.5, 0.5], [1.5, 0.5, 0.5], [0.5, 0.5, 0.5]]])
+    assert [p.volume for p in twice.pieces] == pytest.approx([1.0, 1.0], rel=1e-12)
+    (whole,) = fracture_with_seeds([part], [np.zeros((0, 3))]).pieces
+    assert whole.volume == pytest.approx(2.0) and not whole.interior.any()
