@@ -1,0 +1,360 @@
+"""Narrowphase (convex-convex and convex-ground contact manifolds) and the contact constraints.
+
+Hull tables: ``hv: (HV, 3) f64`` hull vertices in the body frame [m]; ``hp: (HF, 4) f64`` hull
+face planes in the body frame, outward unit normal (3) and offset [m]: inside is n.p <= d.
+
+Per pair (rows of ``pairs``) the narrowphase finds the separating axis of least overlap among
+both hulls' face normals (SAT), then keeps the vertices of each hull that lie within the
+speculative margin of the other hull's extent along that axis and whose projection onto it
+falls inside the other hull: a face-on contact gives several points, so a box rests flat. At
+most MAXC points per pair (the extremes along two tangents, for each side).
+Contact rows (``cf: (P * MAXC, NCF) f64``): RA point on A in A's body frame, RB point on B in
+B's body frame (world point for the ground), LAM normal multiplier of the last substep [kg m], JN normal impulse of its
+velocity pass [N s].
+``pn: (P, NPN) f64`` world normal from B towards A, fixed over a step (3); PN_LAM, PN_JN the
+multiplier and normal impulse of the manifold's centroid row in the last substep.
+
+The constraints follow Mueller et al. 2020 (XPBD rigid bodies): a positional non-penetration
+and static-friction correction per substep, then a velocity pass for dynamic friction and
+restitution.
+"""
+
+
+from sim_kernels.backend import F2, I2, f64, get3, get4, quat_conj, quat_rotate, set3, ti, vec3
+from sim_kernels.bodies import (
+    MU,
+    RAD,
+    REST,
+    VP,
+    WP,
+    XP,
+    QP,
+    Q,
+    V,
+    W,
+    X,
+    w_pair,
+)
+
+MAXC = 8
+RA, RB, LAM, JN = 0, 3, 6, 7
+NCF = 8
+PN_LAM, PN_JN = 3, 4
+NPN = 5
+IMPACT_SPEED = 1.0  # m/s: approach speeds above this damage the bonds of both bodies
+
+
+@ti.func
+def _tangents(n):
+    a = vec3(1.0, 0.0, 0.0)
+    if ti.abs(n[0]) > 0.57:
+        a = vec3(0.0, 1.0, 0.0)
+    t1 = n.cross(a).normalized()
+    return t1, n.cross(t1)
+
+
+@ti.func
+def _world(bf: ti.template(), b, p):
+    return get3(bf, b, X) + quat_rotate(get4(bf, b, Q), p)
+
+
+@ti.func
+def _local(bf: ti.template(), b, p):
+    return quat_rotate(quat_conj(get4(bf, b, Q)), p - get3(bf, b, X))
+
+
+@ti.func
+def _inside(bf: ti.template(), b, hp: ti.template(), f0, f1, p, tol) -> ti.i32:
+    """1 when world point p lies inside hull [f0, f1) of body b, grown by tol."""
+    lp = _local(bf, b, p)
+    r = 1
+    for f in range(f0, f1):
+        if vec3(hp[f, 0], hp[f, 1], hp[f, 2]).dot(lp) - hp[f, 3] > tol:
+            r = 0
+    return r
+
+
+@ti.func
+def _extent(bf: ti.template(), b, hv: ti.template(), v0, v1, n, sign):
+    """max (sign=1) or min (sign=-1) of n . v over the hull's world vertices."""
+    e = -1e30
+    for k in range(v0, v1):
+        e = ti.max(e, sign * n.dot(_world(bf, b, get3(hv, k, 0))))
+    return sign * e
+
+
+@ti.func
+def _extremes(bv, best, k, u1, u2, p):
+    """Track the vertex k furthest along +-u1 and +-u2 (the corners of a face)."""
+    e = ti.Vector([u1.dot(p), -u1.dot(p), u2.dot(p), -u2.dot(p)], dt=f64)
+    for m in ti.static(range(4)):
+        if e[m] > bv[m]:
+            bv[m] = e[m]
+            best[m] = k
+    return bv, best
+
+
+@ti.kernel
+def narrowphase(
+    bf: F2, si: I2, hv: F2, hp: F2, dt: f64, margin: f64, npairs: ti.i32, pairs: I2, pn: F2,
+    cf: F2,
+):
+    """Contact manifold of every pair: pairs[p, 2] receives its point count (0..MAXC)."""
+    for p in range(npairs):
+        sh = ti.Vector([pairs[p, 0], pairs[p, 1]], dt=ti.i32)
+        a = si[sh[0], 0]
+        b = -1
+        if sh[1] >= 0:
+            b = si[sh[1], 0]
+        speed = get3(bf, a, V).norm() + get3(bf, a, W).norm() * bf[a, RAD]
+        n = vec3(0.0, 1.0, 0.0)  # from B towards A
+        best_sep = 0.0
+        rad = bf[a, RAD]
+        if b >= 0:
+            speed += get3(bf, b, V).norm() + get3(bf, b, W).norm() * bf[b, RAD]
+            rad = ti.min(rad, bf[b, RAD])
+            # SAT over the face normals of both hulls
+            best_sep = -1e30
+            for side in range(2):
+                own = a
+                other = b
+                if side == 1:
+                    own = b
+                    other = a
+                so = sh[1 - side]
+                for f in range(si[sh[side], 3], si[sh[side], 4]):
+                    nw = quat_rotate(get4(bf, own, Q), vec3(hp[f, 0], hp[f, 1], hp[f, 2]))
+                    dw = hp[f, 3] + nw.dot(get3(bf, own, X))
+                    sep = _extent(bf, other, hv, si[so, 1], si[so, 2], nw, -1.0) - dw
+                    if sep > best_sep:
+                        best_sep = sep
+                        n = nw
+                        if side == 0:
+                            n = -nw
+        m = margin + speed * dt
+        nc = 0
+        row0 = p * MAXC
+        if best_sep < m:
+            t1, t2 = _tangents(n)
+            u1 = 0.921 * t1 + 0.389 * t2  # a turned basis: no ties on axis-aligned faces
+            u2 = -0.389 * t1 + 0.921 * t2
+            tol = 1e-4 + 0.02 * rad
+            for side in range(2):
+                # side 0: vertices of A against B's extent along n; side 1: B's against A's
+                ref = a
+                other = b
+                sgn = 1.0
+                if side == 1:
+                    ref = b
+                    other = a
+                    sgn = -1.0
+                plane = 0.0
+                if b >= 0:
+                    so = sh[1 - side]
+                    plane = _extent(bf, other, hv, si[so, 1], si[so, 2], n, sgn)
+                best = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
+                bv = ti.Vector([-1e30, -1e30, -1e30, -1e30], dt=f64)
+                if ref >= 0:
+                    for k in range(si[sh[side], 1], si[sh[side], 2]):
+                        q = _world(bf, ref, get3(hv, k, 0))
+                        depth = sgn * (plane - n.dot(q))
+                        if depth > -m:
+                            inside = 1
+                            if b >= 0:
+                                so = sh[1 - side]
+                                inside = _inside(bf, other, hp, si[so, 3], si[so, 4],
+                                                 q + sgn * depth * n, tol)
+                            if inside != 0:
+                                bv, best = _extremes(bv, best, k, u1, u2, q)
+                for j in range(4):
+                    k = best[j]
+                    dup = 0
+                    for jj in range(j):
+                        if best[jj] == k:
+                            dup = 1
+                    if k >= 0 and dup == 0:
+                        q = _world(bf, ref, get3(hv, k, 0))
+                        on_other = q + (plane - n.dot(q)) * n
+                        if b < 0:
+                            set3(cf, row0 + nc, RA, get3(hv, k, 0))
+                            set3(cf, row0 + nc, RB, on_other)
+                        elif side == 0:
+                            set3(cf, row0 + nc, RA, get3(hv, k, 0))
+                            set3(cf, row0 + nc, RB, _local(bf, b, on_other))
+                        else:
+                            set3(cf, row0 + nc, RA, _local(bf, a, on_other))
+                            set3(cf, row0 + nc, RB, get3(hv, k, 0))
+                        cf[row0 + nc, LAM] = 0.0
+                        nc += 1
+            if nc == 0 and best_sep < 0.0 and b >= 0:
+                # edge against edge: the deepest vertex of A, pushed out along n
+                kbest = si[sh[0], 1]
+                lo = 1e30
+                for k in range(si[sh[0], 1], si[sh[0], 2]):
+                    d = n.dot(_world(bf, a, get3(hv, k, 0)))
+                    if d < lo:
+                        lo = d
+                        kbest = k
+                hi_b = _extent(bf, b, hv, si[sh[1], 1], si[sh[1], 2], n, 1.0)
+                q = _world(bf, a, get3(hv, kbest, 0))
+                set3(cf, row0, RA, get3(hv, kbest, 0))
+                set3(cf, row0, RB, _local(bf, b, q + (hi_b - lo) * n))
+                cf[row0, LAM] = 0.0
+                nc = 1
+        set3(pn, p, 0, n)
+        pairs[p, 2] = nc
+
+
+@ti.func
+def _pair_bodies(si: ti.template(), pairs: ti.template(), p):
+    a = si[pairs[p, 0], 0]
+    b = -1
+    if pairs[p, 1] >= 0:
+        b = si[pairs[p, 1], 0]
+    return a, b
+
+
+@ti.func
+def _attach(bf: ti.template(), b, r_local, prev: ti.template()):
+    """World offset and world point of a body-frame point (b < 0: r_local is a world point)."""
+    r = vec3(0.0)
+    p = r_local
+    if b >= 0:
+        if ti.static(prev):
+            r = quat_rotate(get4(bf, b, QP), r_local)
+            p = get3(bf, b, XP) + r
+        else:
+            r = quat_rotate(get4(bf, b, Q), r_local)
+            p = get3(bf, b, X) + r
+    return r, p
+
+
+@ti.func
+def _mu(bf: ti.template(), a, b, ground_mu) -> f64:
+    mu = bf[a, MU]
+    if b >= 0:
+        mu = ti.min(mu, bf[b, MU])
+    else:
+        mu = ti.min(mu, ground_mu)
+    return mu
+
+
+@ti.func
+def _point(cf: ti.template(), pairs: ti.template(), p, k):
+    """Body-frame attachment points of contact point k of pair p; k < 0: the manifold centroid.
+
+    Solving the centroid first removes the mean penetration and slip of a face contact in one
+    row without tilting the body; the per-point rows then only fix what is left (tilt, twist).
+    Gauss-Seidel over the corners alone walks a resting box sideways.
+    """
+    ra = vec3(0.0)
+    rb = vec3(0.0)
+    if k >= 0:
+        ra = get3(cf, p * MAXC + k, RA)
+        rb = get3(cf, p * MAXC + k, RB)
+    else:
+        nc = pairs[p, 2]
+        for j in range(nc):
+            ra += get3(cf, p * MAXC + j, RA) / nc
+            rb += get3(cf, p * MAXC + j, RB) / nc
+    return ra, rb
+
+
+@ti.func
+def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
+                         pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
+                         ground_mu):
+    """Non-penetration (fric = 0) or static friction (fric = 1) of point k (k < 0: centroid).
+
+    Returns (valid, direction on A, offset on A, offset on B, error to remove [m], limit on the
+    multiplier [kg m]).
+    """
+    a, b = _pair_bodies(si, pairs, p)
+    n = get3(pn, p, 0)
+    la, lb = _point(cf, pairs, p, k)
+    ra, pa = _attach(bf, a, la, 0)
+    rb, pb = _attach(bf, b, lb, 0)
+    lam_n = pn[p, PN_LAM]
+    if k >= 0:
+        lam_n = cf[p * MAXC + k, LAM]
+    valid = 0
+    dirn = n
+    c = 0.0
+    limit = 1e30
+    if fric == 0:
+        c = n.dot(pb - pa)
+        if c > 0.0:
+            valid = 1
+    elif lam_n > 0.0:
+        _, pa0 = _attach(bf, a, la, 1)
+        _, pb0 = _attach(bf, b, lb, 1)
+        dp = (pa - pa0) - (pb - pb0)
+        dpt = dp - dp.dot(n) * n
+        c = dpt.norm()
+        if c > 1e-12:
+            valid = 1
+            dirn = -dpt / c
+            limit = _mu(bf, a, b, ground_mu) * lam_n
+    return valid, dirn, ra, rb, c, limit
+
+
+@ti.func
+def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
+                         pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
+                         h, g_norm, ground_mu):
+    """Restitution (fric = 0) or dynamic friction (fric = 1) of point k (k < 0: centroid).
+
+    Separate projections (normal first), so neither can add energy.
+    Returns (valid, impulse on A [N s], offset on A, offset on B, impact energy [J]).
+    """
+    a, b = _pair_bodies(si, pairs, p)
+    lam = pn[p, PN_LAM]
+    jn_col = PN_JN
+    if k >= 0:
+        lam = cf[p * MAXC + k, LAM]
+    imp = vec3(0.0)
+    ra = vec3(0.0)
+    rb = vec3(0.0)
+    valid = 0
+    energy = 0.0
+    if lam > 0.0:
+        n = get3(pn, p, 0)
+        la, lb = _point(cf, pairs, p, k)
+        ra, _ = _attach(bf, a, la, 0)
+        rb, _ = _attach(bf, b, lb, 0)
+        vrel = get3(bf, a, V) + get3(bf, a, W).cross(ra)
+        if b >= 0:
+            vrel -= get3(bf, b, V) + get3(bf, b, W).cross(rb)
+        vn = n.dot(vrel)
+        if fric == 0:
+            e = bf[a, REST]
+            vpre = get3(bf, a, VP) + get3(bf, a, WP).cross(ra)
+            if b >= 0:
+                e = ti.max(e, bf[b, REST])
+                vpre -= get3(bf, b, VP) + get3(bf, b, WP).cross(rb)
+            vn_pre = n.dot(vpre)
+            if ti.abs(vn_pre) <= 2.0 * g_norm * h:
+                e = 0.0  # resting contact: no bounce from the gravity of one substep
+            wn = w_pair(bf, bi, a, b, ra, rb, n, 0)
+            jn = (-vn + ti.max(-e * vn_pre, 0.0)) / wn
+            if k >= 0:
+                cf[p * MAXC + k, JN] = ti.max(jn, 0.0)
+            else:
+                pn[p, jn_col] = ti.max(jn, 0.0)
+            imp = jn * n
+            valid = 1
+            if -vn_pre > IMPACT_SPEED:
+                energy = 0.5 * vn_pre * vn_pre / wn
+        else:
+            vt = vrel - vn * n
+            st = vt.norm()
+            if st > 1e-12:
+                jn = pn[p, jn_col]
+                if k >= 0:
+                    jn = cf[p * MAXC + k, JN]
+                t = vt / st
+                wt = w_pair(bf, bi, a, b, ra, rb, t, 0)
+                jt = ti.min(_mu(bf, a, b, ground_mu) * (lam / h + jn), st / wt)
+                imp = -jt * t
+                valid = 1
+    return valid, imp, ra, rb, energy

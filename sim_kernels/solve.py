@@ -1,0 +1,208 @@
+"""The substep: predict, solve positions, update velocities, solve velocities (XPBD).
+
+Constraints ("units") are the contact pairs with points plus the intact bonds, listed once per
+step by :func:`build_units` (``units: (U, 2) i32``: kind CONTACT / BOND, row in its table).
+They are solved Gauss-Seidel in that fixed order, one pass per substep (Mueller et al. 2020:
+many substeps, one iteration). A serial loop inside one kernel launch: deterministic (no float
+atomics), no per-constraint launches; the per-body phases run in parallel. A contact pair whose
+bodies share an intact bond is left to the bond.
+"""
+
+
+from sim_kernels.backend import F2, I1, I2, f64, get3, ti, vec3
+from sim_kernels.bodies import FLAGS, IMPACT, RAD, SLEEP, V, W, WAKE
+from sim_kernels.bodies import apply_pair, integrate_body, movable, update_body_velocity, w_pair
+from sim_kernels.bonds import BROKEN, FACC, TACC, bond_position_row, bond_velocity_row
+from sim_kernels.contacts import LAM, MAXC, PN_LAM, _pair_bodies, contact_position_row
+from sim_kernels.contacts import contact_velocity_row
+
+CONTACT, BOND = 0, 1
+
+
+@ti.func
+def _dynamic(bi: ti.template(), b) -> ti.i32:
+    r = 0
+    if b >= 0:
+        if bi[b, FLAGS] == 0 and bi[b, SLEEP] == 0:
+            r = 1
+    return r
+
+
+@ti.kernel
+def build_units(
+    bi: I2, si: I2, npairs: ti.i32, pairs: I2, bdi: I2, bond_start: I1, bond_list: I1,
+    units: I2, count: I1,
+):
+    """List this step's constraints in a fixed order; count[0] receives their number."""
+    ti.loop_config(serialize=True)
+    for p in range(npairs + 1):
+        if p == 0:
+            count[0] = 0
+        if p > 0 and pairs[p - 1, 2] > 0:
+            a, b = _pair_bodies(si, pairs, p - 1)
+            glued = 0
+            for e in range(bond_start[a], bond_start[a + 1]):
+                k = bond_list[e]
+                if bdi[k, BROKEN] == 0 and (bdi[k, 0] == b or bdi[k, 1] == b):
+                    glued = 1
+            if glued == 0:
+                units[count[0], 0] = CONTACT
+                units[count[0], 1] = p - 1
+                count[0] += 1
+    ti.loop_config(serialize=True)
+    for k in range(bdi.shape[0]):
+        if bdi[k, BROKEN] == 0 and (_dynamic(bi, bdi[k, 0]) + _dynamic(bi, bdi[k, 1])) > 0:
+            units[count[0], 0] = BOND
+            units[count[0], 1] = k
+            count[0] += 1
+
+
+@ti.func
+def _unit(bi: ti.template(), si: ti.template(), pairs: ti.template(), bdi: ti.template(), u,
+          units: ti.template()):
+    """Bodies of unit u, and 1 when it has work to do (some body movable, bond intact)."""
+    idx = units[u, 1]
+    a = 0
+    b = -1
+    if units[u, 0] == CONTACT:
+        a, b = _pair_bodies(si, pairs, idx)
+    else:
+        a = bdi[idx, 0]
+        b = bdi[idx, 1]
+    live = 0
+    if movable(bi, a) + movable(bi, b) > 0:
+        live = 1
+        if units[u, 0] == BOND and bdi[idx, BROKEN] != 0:
+            live = 0
+    return a, b, live
+
+
+@ti.func
+def _point_order(r, npoints, flip) -> ti.i32:
+    """Contact point of row r of a pair (-1 = centroid), points in reverse on alternate substeps.
+
+    Gauss-Seidel over the corners of a face in one fixed order tilts a resting box a little
+    the same way every substep (a stack then walks sideways); alternating cancels that bias.
+    """
+    k = r // 2 - 1  # rows 0, 1: the centroid (k = -1)
+    if flip != 0 and k >= 0:
+        k = npoints - 1 - k
+    return k
+
+
+@ti.kernel
+def substep(
+    bf: F2, bi: I2, si: I2, pairs: I2, pn: F2, cf: F2, bdf: F2, bdi: I2, units: I2,
+    nunits: ti.i32, h: f64, gx: f64, gy: f64, gz: f64, ground_mu: f64, first: ti.i32,
+    flip: ti.i32,
+):
+    """One XPBD substep over all bodies and constraints (Mueller et al. 2020, algorithm 2)."""
+    g = vec3(gx, gy, gz)
+    for i in range(bf.shape[0]):
+        integrate_body(bf, bi, i, h, g, first)
+    ti.loop_config(serialize=True)
+    for u in range(nunits):
+        a, b, live = _unit(bi, si, pairs, bdi, u, units)
+        kind = units[u, 0]
+        idx = units[u, 1]
+        nrows = 2
+        if kind == CONTACT:
+            nrows = 2 + 2 * pairs[idx, 2]
+            pn[idx, PN_LAM] = 0.0
+            for k in range(pairs[idx, 2]):
+                cf[idx * MAXC + k, LAM] = 0.0
+        if live == 0:
+            nrows = 0
+        for r in range(nrows):
+            valid = 0
+            dirn = vec3(0.0)
+            ra = vec3(0.0)
+            rb = vec3(0.0)
+            c = 0.0
+            limit = 1e30
+            angular = 0
+            k = -1
+            if kind == CONTACT:
+                k = _point_order(r, pairs[idx, 2], flip)
+                valid, dirn, ra, rb, c, limit = contact_position_row(
+                    bf, bi, si, pairs, pn, cf, idx, k, r % 2, ground_mu)
+            else:
+                valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
+            if valid != 0:
+                lam = c / w_pair(bf, bi, a, b, ra, rb, dirn, angular)
+                if lam <= limit:
+                    apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0)
+                    if kind == CONTACT:
+                        if r == 0:  # the centroid's load is shared by the points
+                            pn[idx, PN_LAM] = lam
+                            for j in range(pairs[idx, 2]):
+                                cf[idx * MAXC + j, LAM] = lam / pairs[idx, 2]
+                        elif r % 2 == 0:
+                            cf[idx * MAXC + k, LAM] += lam
+                    else:
+                        col = FACC
+                        if angular != 0:
+                            col = TACC
+                        for m in ti.static(range(3)):
+                            bdf[idx, col + m] += lam / (h * h) * dirn[m]
+    for i in range(bf.shape[0]):
+        update_body_velocity(bf, bi, i, h)
+    ti.loop_config(serialize=True)
+    for u in range(nunits):
+        a, b, live = _unit(bi, si, pairs, bdi, u, units)
+        kind = units[u, 0]
+        idx = units[u, 1]
+        nrows = 2
+        if kind == CONTACT:
+            nrows = 2 + 2 * pairs[idx, 2]
+        if live == 0:
+            nrows = 0
+        for r in range(nrows):
+            valid = 0
+            imp = vec3(0.0)
+            ra = vec3(0.0)
+            rb = vec3(0.0)
+            angular = 0
+            energy = 0.0
+            if kind == CONTACT:
+                valid, imp, ra, rb, energy = contact_velocity_row(
+                    bf, bi, si, pairs, pn, cf, idx, _point_order(r, pairs[idx, 2], flip), r % 2,
+                    h, g.norm(), ground_mu)
+            else:
+                valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r)
+            if valid != 0:
+                apply_pair(bf, bi, a, b, ra, rb, imp, angular, 1)
+                if kind == CONTACT:
+                    if energy > 0.0:
+                        bf[a, IMPACT] = ti.max(bf[a, IMPACT], energy)
+                        if b >= 0:
+                            bf[b, IMPACT] = ti.max(bf[b, IMPACT], energy)
+                else:
+                    col = FACC
+                    if angular != 0:
+                        col = TACC
+                    for m in ti.static(range(3)):
+                        bdf[idx, col + m] += imp[m] / h
+
+
+@ti.kernel
+def wake_touched(bf: F2, bi: I2, si: I2, pairs: I2, bdi: I2, units: I2, nunits: ti.i32,
+                 v_wake: f64):
+    """A sleeping body touched (contact or bond) by a body moving faster than v_wake wakes."""
+    for u in range(nunits):
+        a = 0
+        b = -1
+        if units[u, 0] == 0:
+            a, b = _pair_bodies(si, pairs, units[u, 1])
+        else:
+            a = bdi[units[u, 1], 0]
+            b = bdi[units[u, 1], 1]
+        if b >= 0:
+            sa = get3(bf, a, V).norm() + get3(bf, a, W).norm() * bf[a, RAD]
+            sb = get3(bf, b, V).norm() + get3(bf, b, W).norm() * bf[b, RAD]
+            a_moves = bi[a, SLEEP] == 0 and bi[a, FLAGS] != 1 and sa > v_wake
+            b_moves = bi[b, SLEEP] == 0 and bi[b, FLAGS] != 1 and sb > v_wake
+            if a_moves and bi[b, SLEEP] != 0:
+                bi[b, WAKE] = 1
+            if b_moves and bi[a, SLEEP] != 0:
+                bi[a, WAKE] = 1
