@@ -197,3 +197,22 @@ def test_run_prepare_warns_about_repairs(tmp_path, capsys):
     figures = run_prepare(ctx)
     assert figures["input_volume"] == pytest.approx(3.0) and figures["volume_error"] < 1e-6
     assert "1 overlaps between parts removed" in capsys.readouterr().err
+
+
+def test_glb_scene_nodes_become_parts_with_their_transforms(tmp_path):
+    scene = trimesh.Scene()
+    cube = box_mesh((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
+    scene.add_geometry(
+        cube, node_name="Pillar", transform=trimesh.transformations.translation_matrix([0, 0.5, 0])
+    )
+    scene.add_geometry(
+        cube, node_name="Cap.001", transform=trimesh.transformations.translation_matrix([0, 1.5, 0])
+    )
+    path = tmp_path / "two.glb"
+    path.write_bytes(scene.export(file_type="glb"))
+    parts, origin, _ = load_parts(path, materials={"Pillar": "steel"})
+    assert sorted(p.name for p in parts) == ["Cap_001_00", "Pillar_00"]  # no dots in names
+    by = {p.name: p for p in parts}
+    assert by["Pillar_00"].material == "steel" and by["Cap_001_00"].material == "concrete"
+    np.testing.assert_allclose(by["Cap_001_00"].mesh.bounds[:, 1], [1.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(origin, [0.0, 0.0, 0.0], atol=1e-6)
