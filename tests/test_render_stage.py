@@ -149,3 +149,63 @@ def test_pngs_are_controlnet_ready(rendered):
     assert (6, 230, 230) in colours  # sky
     depth = iio.imread(run / "passes" / "depth" / "syn.1002.png")
     assert depth.max() > 200 and depth.min() == 0
+
+
+def test_manifest_lists_pieces_and_only_the_rubble_in_view():
+    from destruct.render.cryptomatte import cryptomatte_channels
+
+    names = ["a.piece_0000", "a.piece_0001", "rubble.000000", "rubble.000001"]
+    ids = np.array([[0, 1], [4, 4]], np.uint32)  # piece 2 hidden, rubble 0 absent, rubble 1 present
+    _, header = cryptomatte_channels(ids, names, always=2)
+    assert set(read_manifest(header)) == {"a.piece_0000", "a.piece_0001", "rubble.000001"}
+
+
+def test_missing_egl_is_a_user_error_with_the_apt_line(monkeypatch):
+    import pyrender
+
+    from destruct.errors import UserError
+    from destruct.render.gl import APT_LINE, GLRenderer
+
+    def broken(*a, **k):
+        raise RuntimeError("Unable to load EGL library")
+
+    monkeypatch.setattr(pyrender, "OffscreenRenderer", broken)
+    with pytest.raises(UserError) as e:
+        GLRenderer(64, 48)
+    assert APT_LINE in str(e.value) and "apt-get install" in APT_LINE
+
+
+def test_plate_replaces_sky_and_ground(tmp_path):
+    import imageio.v3 as iio
+
+    from destruct.render import run_render
+    from destruct.rundir import RunDir
+    from destruct.stages import Stage, StageContext
+
+    run = tmp_path / "run"
+    pc = box_pieces([[0.0, 0.5, 0.0]], [[1.0, 1.0, 1.0]])
+    write_run(run, pc, {1001: sim_frame(1001, [[0.0, 0.5, 0.0]])})
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    iio.imwrite(plates / "bg.1001.png", np.full((48, 64, 3), (200, 60, 30), np.uint8))
+    shot_file = tmp_path / "shot.toml"
+    shot_file.write_text(
+        '[shot]\nname = "pl"\nframes = 1\n[camera]\nposition = [0.0, 1.0, 6.0]\nlook_at = [0.0, 0.5, 0.0]\n'
+        'resolution = [64, 48]\n[render]\nplate = "plates/bg.####.png"\n'
+    )
+    from destruct.shot import load_shot
+
+    shot = load_shot(shot_file)
+    run_render(StageContext(shot=shot, run=RunDir(run), stage=Stage.RENDER, frames=[1001]))
+    d = read_exr(run / "passes" / "pl.1001.exr")
+    bg = d["id"] == 0
+    rgb = np.stack([d[c] for c in "RGB"], -1).astype(np.float32)
+    from destruct.render.passes import srgb_to_linear
+
+    expect = srgb_to_linear(np.array([200, 60, 30]) / 255.0)
+    from scipy.ndimage import binary_dilation
+
+    away = ~binary_dilation(~bg, iterations=2)  # clear of the anti-aliased silhouette
+    assert away.sum() > 2000  # no ground, no sky: the plate everywhere else
+    np.testing.assert_allclose(rgb[away], np.tile(expect, (away.sum(), 1)), atol=2e-3)
+    assert np.all(d["A"][bg] == 0) and np.all(d["A"][~bg] == 1)

@@ -160,6 +160,7 @@ def write_frame(
     near: float,
     far: float,
     names: list[str],
+    n_pieces: int,
 ) -> None:
     """The EXR and PNGs of one frame (each written atomically)."""
     from destruct.render.exr import write_exr
@@ -187,7 +188,7 @@ def write_frame(
         crypto = None
         if "id" in passes:
             layers["id"] = p["id"]
-            crypto = (p["id"], names)
+            crypto = (p["id"], names, n_pieces)
         write_exr(
             out_dir / f"{stem}.exr",
             layers,
@@ -233,12 +234,14 @@ def run_render(ctx) -> dict[str, Any]:
         return figures
     passes = list(shot.render.passes)
     cam0 = setup.cameras[todo[0]]
-    gl = GLRenderer(
-        cam0.width,
-        cam0.height,
-        ground_half_size=setup.ground.half_size,
-        ground_center=setup.ground.center,
-    )
+    gl = None
+    if "beauty" in passes:
+        gl = GLRenderer(
+            cam0.width,
+            cam0.height,
+            ground_half_size=setup.ground.half_size,
+            ground_center=setup.ground.center,
+        )
     plate = shot.render.plate
     last = setup.frames_all[-1]
     cache: dict[int, Any] = {}
@@ -273,9 +276,9 @@ def run_render(ctx) -> dict[str, Any]:
                     )
                 bg = load_plate(plate, f, cam0.width, cam0.height) if plate else None
                 rgba = (
-                    gl.render(r.mesh, r.cam, 0.05, setup.gl_far, plate=bg is not None)
-                    if "beauty" in passes
-                    else None
+                    None
+                    if gl is None
+                    else gl.render(r.mesh, r.cam, 0.05, setup.gl_far, plate=bg is not None)
                 )
                 p = frame_passes(
                     r, nxt=nxt, prev=prev, gl_rgba=rgba, plate=bg, dust=dust, classes=setup.classes
@@ -297,6 +300,7 @@ def run_render(ctx) -> dict[str, Any]:
                         near=setup.near,
                         far=setup.far,
                         names=setup.names,
+                        n_pieces=setup.mesh.n_pieces,
                     ),
                 )
                 for k in [k for k in cache if k < f]:
@@ -305,7 +309,8 @@ def run_render(ctx) -> dict[str, Any]:
                 finish(pending)
                 bar.advance()
     finally:
-        gl.close()
+        if gl is not None:
+            gl.close()
     figures["seconds_per_frame"] = round(
         (time.perf_counter() - t0) / max(figures["frames_rendered"], 1), 3
     )

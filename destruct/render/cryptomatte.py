@@ -37,13 +37,14 @@ def layer_key(layer: str = LAYER) -> str:
 
 
 def cryptomatte_channels(
-    ids: np.ndarray, names: Sequence[str], layer: str = LAYER
+    ids: np.ndarray, names: Sequence[str], layer: str = LAYER, *, always: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Channels and header attributes for an exact id pass.
 
     ids: (h, w) uint32, 0 = background, ``i`` = ``names[i - 1]``. Returns float32 channels
-    ``<layer>00.R`` .. ``<layer>02.A`` and the four ``cryptomatte/<key>/...`` attributes; the
-    manifest lists every name in ``names``.
+    ``<layer>00.R`` .. ``<layer>02.A`` and the four ``cryptomatte/<key>/...`` attributes. The
+    manifest lists the first ``always`` names (every piece, visible or not) plus the names of
+    the other ids present in this frame (rubble); ``always=None`` lists every name.
     """
     hashes = np.array([crypto_hash(n) for n in names], dtype=np.uint32)
     table = np.zeros(len(names) + 1, dtype=np.uint32)
@@ -61,7 +62,12 @@ def cryptomatte_channels(
     channels[f"{layer}00.R"] = fid
     channels[f"{layer}00.G"] = cov
     key = layer_key(layer)
-    manifest = {n: f"{h:08x}" for n, h in zip(names, hashes.tolist())}
+    listed = np.ones(len(names), dtype=bool)
+    if always is not None:
+        listed[always:] = False
+        present = np.unique(ids)
+        listed[present[present > always] - 1] = True
+    manifest = {names[i]: f"{int(hashes[i]):08x}" for i in np.flatnonzero(listed)}
     header = {
         f"cryptomatte/{key}/name": layer,
         f"cryptomatte/{key}/hash": "MurmurHash3_32",

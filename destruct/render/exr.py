@@ -28,14 +28,17 @@ def write_exr(
     path: str | os.PathLike,
     layers: dict[str, np.ndarray],
     *,
-    cryptomatte: tuple[np.ndarray, Sequence[str]] | None = None,
+    cryptomatte: tuple[np.ndarray, Sequence[str]]
+    | tuple[np.ndarray, Sequence[str], int]
+    | None = None,
     attributes: dict[str, object] | None = None,
 ) -> Path:
     """Write one single-part scanline EXR (ZIP compressed) through a temp file + rename.
 
     layers: channel name -> (h, w) array of float16, float32 or uint32. cryptomatte: (ids
     (h, w) uint32, names) where id ``i`` is ``names[i - 1]``; adds the CryptoObject layer and
-    its manifest. attributes: extra header entries (strings, numbers).
+    its manifest (a third item ``always``: see :func:`cryptomatte_channels`). attributes: extra
+    header entries (strings, numbers).
     """
     import OpenEXR
 
@@ -59,7 +62,8 @@ def write_exr(
         "chromaticities": REC709_CHROMATICITIES,
     }
     if cryptomatte is not None:
-        cchan, chead = cryptomatte_channels(*cryptomatte)
+        ids, names, *always = cryptomatte
+        cchan, chead = cryptomatte_channels(ids, names, always=always[0] if always else None)
         channels.update(cchan)
         header.update(chead)
     header.update(attributes or {})
