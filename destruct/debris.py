@@ -260,10 +260,15 @@ class DebrisSystem:
         return min(self._rubble_serial, self.max_rubble)
 
     @property
+    def _dust_used(self) -> int:
+        """Dust slots in use so far (slots fill from 0)."""
+        return min(self._dust_serial, self.max_dust)
+
+    @property
     def live_dust(self) -> int:
         if self._dust_serial == 0:
             return 0
-        return int(self._K.dust_live(self._df, self.time))
+        return int(self._K.dust_live(self._df, self.time, self._dust_used))
 
     # ---- emission ----
 
@@ -407,7 +412,9 @@ class DebrisSystem:
         pp[:, K.PV:K.PV + 3], pp[:, K.PW:K.PW + 3] = self._vel[:, :3], self._vel[:, 3:]
         self._pp = self._upload(pp)
         ncell = ti.ndarray(ti.i32, nh)
-        K.hull_cells(self._hf, self._hi, nh, self._pp, K.R_MAX + 0.05, self._cell, ncell)
+        if getattr(self, "_hs", None) is None or self._hs.shape[0] != nh:
+            self._hs = ti.ndarray(ti.f64, (nh, 4))
+        K.hull_cells(self._hf, self._hi, nh, self._pp, K.R_MAX + 0.05, self._cell, ncell, self._hs)
         total = int(ncell.to_numpy().astype(np.int64).sum())
         t = 1 << max(6, math.ceil(math.log2(2 * total + 1)))
         if t != self._grid_t:
@@ -438,18 +445,19 @@ class DebrisSystem:
         if self.live_rubble:
             has = self._build_grid()
             if has:
-                grid = (self._hp, self._hi, self._pp, self._start, self._cell_hull, self._grid_t - 1,
-                        self._cell, 1)
+                grid = (self._hp, self._hi, self._hs, self._pp, self._start, self._cell_hull,
+                        self._grid_t - 1, self._cell, 1)
             else:
                 dummy_i = self._ti.ndarray(self._ti.i32, 2)
                 dummy_i.fill(0)
-                grid = (self._mat, self._ri, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
+                grid = (self._mat, self._ri, self._mat, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
             gx, gy, gz = self.gravity
             K.rubble_step(self._rf, self._ri, dt, substeps, gx, gy, gz, int(self.ground), *grid,
-                          V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL)
+                          V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL,
+                          self.live_rubble)
         if self._dust_serial:
             K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0] // 3, TAU_DRAG,
-                        0.5 * DUST_LIFE, int(self.ground))
+                        0.5 * DUST_LIFE, int(self.ground), self._dust_used)
         self.time += dt
         if self._pose1 is not None:
             self._pose0 = self._pose1
@@ -462,10 +470,8 @@ class DebrisSystem:
         docs/FORMATS.md (rubble sorted by id; dust radius grows and alpha fades with age), plus
         ``rubble_age`` and ``dust_age`` (R,) / (D,) f32: seconds since emission."""
         K = self._K
-        rf, ri = self._rf.to_numpy(), self._ri.to_numpy()
+        rf, ri = self._used(self._rf, self.live_rubble), self._used(self._ri, self.live_rubble)
         alive = ri[:, K.ALIVE] == 1
-        if not self.max_rubble:
-            alive[:] = False
         r = rf[alive]
         out = {
             "rubble_id": np.nonzero(alive)[0].astype(np.int32),
@@ -476,12 +482,10 @@ class DebrisSystem:
             "rubble_material": ri[alive, K.MAT].astype(np.int32),
             "rubble_age": (self.time - r[:, K.BIRTH]).astype(np.float32),
         }
-        df = self._df.to_numpy()
+        df = self._used(self._df, self._dust_used)
         life = df[:, K.DLIFE]
         age = self.time - df[:, K.DBIRTH]
         live = (life > 0) & (age >= 0) & (age < life)
-        if not self.max_dust:
-            live[:] = False
         d, age, life = df[live], age[live], life[live]
         u = age / life
         out["dust_position"] = d[:, K.DX:K.DX + 3].astype(np.float32)
@@ -489,6 +493,18 @@ class DebrisSystem:
         out["dust_alpha"] = (d[:, K.DA0] * np.minimum(age / FADE_IN, 1.0) * (1 - u) ** 2).astype(np.float32)
         out["dust_age"] = age.astype(np.float32)
         return out
+
+    def _used(self, table, n: int) -> np.ndarray:
+        """The first n rows of a table as numpy: ring slots fill from 0, so they are the used ones."""
+        ti, K = self._ti, self._K
+        cols = table.shape[1]
+        if n == 0:
+            return np.zeros((0, cols), dtype=np.float64 if table.dtype == ti.f64 else np.int32)
+        if n == table.shape[0]:
+            return table.to_numpy()
+        out = ti.ndarray(table.dtype, (n, cols))
+        (K.copy_rows_f if table.dtype == ti.f64 else K.copy_rows_i)(table, n, out)
+        return out.to_numpy()
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything a resumed run needs to continue bit-identically (keys ``debris_*``)."""

@@ -285,9 +285,10 @@ def piece_q(pp: ti.template(), p, a) -> vec4:
 
 
 @ti.kernel
-def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I1):
+def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I1, hs: F2):
     """Each hull's cell range over the step: its bounding sphere swept from the start to the end
-    pose (chord plus the arc's sagitta), grown by ``margin`` (the largest rubble radius + slack)."""
+    pose (chord plus the arc's sagitta), grown by ``margin`` (the largest rubble radius + slack),
+    kept in ``hs: (H, 4)`` (centre [m] (3), radius [m]) for a cheap test before the planes."""
     for h in range(nh):
         p = hi[h, PIECE]
         c = get3(hf, h, HC)
@@ -298,6 +299,8 @@ def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I
         half = 0.5 * ti.acos(ti.min(ti.abs(q0.dot(q1)), 1.0))  # half the rotation angle
         rad = hf[h, HR] + 0.5 * (c1 - c0).norm() + c.norm() * (1.0 - ti.cos(half)) + margin
         mid = 0.5 * (c0 + c1)
+        set3(hs, h, 0, mid)
+        hs[h, 3] = rad
         lo = cell_of(mid - rad, cell)
         up = cell_of(mid + rad, cell)
         for k in ti.static(range(3)):
@@ -399,26 +402,25 @@ def piece_contact(hp: ti.template(), hi: ti.template(), pp: ti.template(), hh, x
     q = piece_q(pp, p, a)
     xl = quat_rotate(quat_conj(q), x - c)
     s, kp = hull_depth(hp, hi, hh, xl)
-    n = quat_rotate(q, vec3(hp[kp, 0], hp[kp, 1], hp[kp, 2]))
     depth = ti.max(r - s, 0.0)
-    moved = (c + quat_rotate(q, xl)) - (piece_x(pp, p, a_prev) + quat_rotate(piece_q(pp, p, a_prev), xl))
+    n = vec3(0.0)
+    moved = vec3(0.0)
+    if depth > 0:
+        n = quat_rotate(q, vec3(hp[kp, 0], hp[kp, 1], hp[kp, 2]))
+        moved = (c + quat_rotate(q, xl)) - (piece_x(pp, p, a_prev) + quat_rotate(piece_q(pp, p, a_prev), xl))
     return depth, n, moved
 
 
 @ti.func
-def in_cells(hi: ti.template(), hh, cc) -> i32:
-    """1 when cell cc is in the range hull hh was inserted into (filters hash collisions)."""
-    ok = 1
-    for k in ti.static(range(3)):
-        if cc[k] < hi[hh, LO + k] or cc[k] > hi[hh, HI + k]:
-            ok = 0
-    return ok
+def near(hs: ti.template(), hh, x) -> i32:
+    """1 when x is inside hull hh's swept bounding sphere (also drops hash-collision entries)."""
+    return ti.select((x - get3(hs, hh, 0)).norm_sqr() < hs[hh, 3] * hs[hh, 3], 1, 0)
 
 
 @ti.kernel
 def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f64, ground: i32,
-                hp: F2, hi: I2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
-                has_grid: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64):
+                hp: F2, hi: I2, hs: F2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
+                has_grid: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64, used: i32):
     """One step of dt for every rubble bit, all substeps in one pass (bits do not interact, and
     the hulls move on a known path: their poses interpolated from the step's start to its end).
 
@@ -428,11 +430,13 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
        friction against the moving surface), then the ground (last, so it always holds); the
        velocity from the positions, then restitution along each contact normal.
     3. Bits touching something and slower than v_sleep for calm_steps steps fall asleep.
+
+    Only the first ``used`` slots are looked at (slots fill from 0).
     """
     g = vec3(gx, gy, gz)
     h = dt / substeps
     v_bounce = 2.0 * g.norm() * h
-    for i in range(rf.shape[0]):
+    for i in range(used):
         if ri[i, ALIVE] == 1:
             r = rf[i, RAD]
             mu = rf[i, MU]
@@ -448,7 +452,7 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                     b = cell_hash(cc, mask)
                     for e in range(start[b], start[b + 1]):
                         hh = cell_hull[e]
-                        if in_cells(hi, hh, cc) == 1:
+                        if near(hs, hh, x) == 1:
                             depth, n, moved = piece_contact(hp, hi, pp, hh, x, r + tol, 1.0, 0.0)
                             if depth > 0:
                                 supported = 1
@@ -476,7 +480,7 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                         b = cell_hash(cc, mask)
                         for e in range(start[b], start[b + 1]):
                             hh = cell_hull[e]
-                            if in_cells(hi, hh, cc) == 1:
+                            if near(hs, hh, x) == 1:
                                 a = (k + 1.0) / substeps
                                 depth, n, moved = piece_contact(hp, hi, pp, hh, x, r, a, k * 1.0 / substeps)
                                 if depth > 0:
@@ -544,11 +548,11 @@ def curl_noise(modes: ti.template(), per, x, t) -> vec3:
 
 @ti.kernel
 def dust_step(df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_rise: f64,
-              ground: i32):
+              ground: i32, n: i32):
     """Advance live dust from t1 - dt to t1: the air velocity is curl noise plus a rise that decays
     with age; the particle velocity relaxes to it exactly (exponential drag), then moves."""
     decay = ti.exp(-dt / tau_drag)
-    for i in range(df.shape[0]):
+    for i in range(n):
         life = df[i, DLIFE]
         if life > 0:
             age = t1 - df[i, DBIRTH]
@@ -572,9 +576,23 @@ def dust_step(df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_
 
 
 @ti.kernel
-def dust_live(df: F2, t: f64) -> i32:
-    n = 0
-    for i in range(df.shape[0]):
+def copy_rows_f(src: F2, n: i32, dst: F2):
+    """dst[:n] = src[:n] (the used part of a table, so a snapshot does not copy the whole cap)."""
+    for i, c in ti.ndrange(n, src.shape[1]):
+        dst[i, c] = src[i, c]
+
+
+@ti.kernel
+def copy_rows_i(src: I2, n: i32, dst: I2):
+    for i, c in ti.ndrange(n, src.shape[1]):
+        dst[i, c] = src[i, c]
+
+
+@ti.kernel
+def dust_live(df: F2, t: f64, n: i32) -> i32:
+    """Live dust among the first n slots."""
+    live = 0
+    for i in range(n):
         if df[i, DLIFE] > 0 and t - df[i, DBIRTH] < df[i, DLIFE]:
-            n += 1
-    return n
+            live += 1
+    return live
