@@ -53,8 +53,9 @@ MAX_PIECES = 100_000
 #: Seed-density factor near a charge: pieces within its radius are about this many times
 #: smaller in volume than elsewhere.
 CHARGE_DETAIL_FACTOR = 4.0
-#: A piece is given a compound of hulls when its convex hull is this much larger than itself.
-HULL_RATIO = 1.3
+#: A piece is given a compound of hulls when its convex hull is this much larger than itself
+#: (hulls that bulge out of a piece overlap its neighbours' at rest).
+HULL_RATIO = 1.05
 #: Candidates per seed of best-candidate sampling, and the most seeds of one part it is used
 #: for (it is O(n^2); larger parts take plain samples from the density).
 SEED_CANDIDATES = 8
@@ -62,7 +63,7 @@ BEST_CANDIDATE_MAX = 4000
 #: A bit smaller than this fraction of the median volume of the bits it touches in its part
 #: is joined to its largest-contact neighbour (see ``_merge_slivers``).
 SLIVER_FRACTION = 0.25
-#: Most times a far-from-convex piece is halved to build its compound of hulls (2^depth hulls).
+#: Most times a non-convex piece is halved to build its compound of hulls (2^depth hulls).
 HULL_MAX_DEPTH = 3
 # Geometric tolerances [m]: coplanarity of touching faces, smallest bond area [m^2], ground.
 PLANE_TOL = 1e-6
@@ -403,28 +404,52 @@ class _PartCells:
 def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
     """Convex hull points of a piece; a compound when the hull exceeds ``HULL_RATIO`` x volume.
 
-    A far-from-convex piece is halved through its bounding-box centre across the axis whose
-    cut gives the smallest total hull volume, recursively (at most ``HULL_MAX_DEPTH`` times).
-    The union of the hulls covers the piece.
+    A non-convex piece is split in two by the plane that gives the smallest total hull volume,
+    recursively (at most ``HULL_MAX_DEPTH`` times). The candidate planes are the planes of the
+    piece's own faces (a concave corner of a piece is where two of its face planes meet, so
+    cutting along one makes both sides convex: the L of wall around a window corner splits
+    into two exact boxes) and the three axis planes through its centre. The union of the
+    hulls is the piece, up to the hull slack ``HULL_RATIO`` allows, so hulls of neighbouring
+    pieces barely overlap at rest.
     """
     hull = manifold.hull()
     if hull.volume() <= HULL_RATIO * volume or depth >= HULL_MAX_DEPTH:
         return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
-    lo, hi = (np.asarray(v) for v in _bounds(manifold))
-    mid = 0.5 * (lo + hi)
     best = None
-    for axis in np.argsort(-(hi - lo)):
-        n = np.zeros(3)
-        n[axis] = 1.0
-        halves = [h for h in manifold.split_by_plane(n, float(mid[axis])) if h.volume() > 0]
+    for n, d in _cut_planes(manifold):
+        halves = [h for h in manifold.split_by_plane(n, d) if h.volume() > 1e-9 * volume]
         if len(halves) < 2:
             continue
         cost = sum(h.hull().volume() for h in halves)
-        if best is None or cost < best[0]:
+        if best is None or cost < best[0] - 1e-12 * volume:
             best = (cost, halves)
     if best is None:
         return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
     return [pts for h in best[1] for pts in convex_hulls(h, h.volume(), depth + 1)]
+
+
+def _cut_planes(manifold) -> list[tuple[np.ndarray, float]]:
+    """Distinct planes (n, d) of a piece's faces, then the axis planes through its centre."""
+    mesh = manifold.to_mesh64()
+    tri = np.asarray(mesh.vert_properties[:, :3], dtype=np.float64)[
+        np.asarray(mesh.tri_verts, dtype=np.int64)
+    ]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(cross, axis=1)
+    ok = norm > 1e-18
+    n = cross[ok] / norm[ok, None]
+    d = np.einsum("ij,ij->i", n, tri[ok, 0])
+    # a plane and its opposite cut the same way: one sign per plane
+    sign = np.where(n[np.arange(len(n)), np.argmax(np.abs(n), axis=1)] < 0, -1.0, 1.0)
+    planes = np.column_stack([n * sign[:, None], d * sign])
+    _, first = np.unique(np.round(planes / 1e-7), axis=0, return_index=True)
+    out = [(planes[i, :3], float(planes[i, 3])) for i in np.sort(first)]
+    lo, hi = _bounds(manifold)
+    for axis in range(3):
+        e = np.zeros(3)
+        e[axis] = 1.0
+        out.append((e, float(0.5 * (lo[axis] + hi[axis]))))
+    return out
 
 
 def _bounds(manifold) -> tuple[np.ndarray, np.ndarray]:
