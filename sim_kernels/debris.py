@@ -175,7 +175,7 @@ def emit_offset(src: ti.template(), s, seed, serial, side):
         rr = src[s, SDISC] * ti.sqrt(rnd(seed, serial, _S_DISC_R))
         a = 2.0 * math.pi * rnd(seed, serial, _S_DISC_A)
         off = rr * (ti.cos(a) * t1 + ti.sin(a) * t2)
-        d = (0.7 * g + side * n).normalized()
+        d = (g + side * n).normalized()  # a broad cone about the face normal
     else:
         u = g.normalized()
         off = src[s, SDISC] * ti.pow(rnd(seed, serial, _S_DISC_R), 1.0 / 3.0) * u

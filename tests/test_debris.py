@@ -1,8 +1,6 @@
 """Rubble and dust (issue 5): emission counts, resting contact, hull collisions, dust life,
 determinism, caps and bit-identical resume. Tiny systems, a few simulated seconds."""
 
-from __future__ import annotations
-
 import io
 from dataclasses import replace
 
@@ -287,3 +285,34 @@ def test_snapshot_ages():
     s = d.snapshot()
     assert np.allclose(np.sort(np.unique(s["rubble_age"])), [0.0, 6 * DT], atol=1e-6)
     assert np.allclose(np.sort(np.unique(s["dust_age"])), [0.0, 6 * DT], atol=1e-6)
+
+
+def test_curl_noise_is_divergence_free():
+    from sim_kernels import debris as K
+    from sim_kernels.backend import F2, f64, ti, vec3
+
+    @ti.kernel
+    def sample(modes: F2, per: ti.i32, pts: F2, t: f64, out: F2):
+        for i in range(pts.shape[0]):
+            v = K.curl_noise(modes, per, vec3(pts[i, 0], pts[i, 1], pts[i, 2]), t)
+            for c in ti.static(range(3)):
+                out[i, c] = v[c]
+
+    DebrisSystem(seed=0, max_rubble=1, max_dust=1)  # initialises Taichi
+    modes_np = DebrisSystem._noise_modes(3)
+    modes = ti.ndarray(ti.f64, modes_np.shape)
+    modes.from_numpy(modes_np)
+    x = np.random.default_rng(0).uniform(-20, 20, (200, 3))
+    h = 1e-3
+    shifted = np.concatenate([x + s * h * np.eye(3)[d] for d in range(3) for s in (1, -1)])
+    pts = ti.ndarray(ti.f64, shifted.shape)
+    pts.from_numpy(shifted)
+    out = ti.ndarray(ti.f64, shifted.shape)
+    sample(modes, len(modes_np) // 3, pts, 1.5, out)
+    v = out.to_numpy().reshape(3, 2, len(x), 3)  # [axis d, +/-, point, component]
+    dv = (v[:, 0] - v[:, 1]) / (2 * h)  # dv[d, i, c] = d v_c / d x_d
+    div = dv[0, :, 0] + dv[1, :, 1] + dv[2, :, 2]
+    assert np.abs(div).max() < 1e-6  # exact up to the O(h^2) difference error
+    assert np.abs(dv).mean() > 0.05  # while the field does vary (~ TURBULENCE * |k|)
+    speed = np.linalg.norm(v[0, 0], axis=1)
+    assert 0.2 * debris.TURBULENCE < speed.mean() < 3 * debris.TURBULENCE
