@@ -507,30 +507,36 @@ class DebrisSystem:
         return out.to_numpy()
 
     def state(self) -> dict[str, np.ndarray]:
-        """Everything a resumed run needs to continue bit-identically (keys ``debris_*``)."""
+        """Everything a resumed run needs to continue bit-identically (keys ``debris_*``): the
+        used rows of the particle tables (slots fill from 0; the rest are zeros), the counters
+        that key the random numbers, the clock and the colliders' last poses."""
         pose = self._pose0 if self._pose0 is not None else np.zeros((0, 7))
         return {
-            "debris_rubble_f": self._rf.to_numpy(),
-            "debris_rubble_i": self._ri.to_numpy(),
-            "debris_dust_f": self._df.to_numpy(),
+            "debris_rubble_f": self._used(self._rf, self.live_rubble),
+            "debris_rubble_i": self._used(self._ri, self.live_rubble),
+            "debris_dust_f": self._used(self._df, self._dust_used),
             "debris_counters": np.array([self._rubble_serial, self._dust_serial, self._source_serial,
-                                         self.peak_rubble, self.peak_dust, self.seed], dtype=np.int64),
+                                         self.peak_rubble, self.peak_dust, self.seed,
+                                         self.max_rubble, self.max_dust], dtype=np.int64),
             "debris_time": np.array(self.time, dtype=np.float64),
             "debris_collider_pose": np.asarray(pose, dtype=np.float64),
         }
 
     def load_state(self, d) -> None:
-        """Restore :meth:`state` (from the same caps and seed)."""
-        for key, arr in (("debris_rubble_f", self._rf), ("debris_rubble_i", self._ri),
-                         ("debris_dust_f", self._df)):
-            a = np.asarray(d[key])
-            if a.shape != tuple(arr.shape):
-                raise ValueError(f"{key} has shape {a.shape}, this DebrisSystem holds {tuple(arr.shape)}: "
-                                 "the checkpoint was written with other particle caps")
-            arr.from_numpy(np.ascontiguousarray(a, dtype=arr.to_numpy().dtype))
+        """Restore :meth:`state` (written with the same caps and seed)."""
         c = np.asarray(d["debris_counters"], dtype=np.int64)
+        if (int(c[6]), int(c[7])) != (self.max_rubble, self.max_dust):
+            raise ValueError(f"the debris checkpoint was written with particle caps {int(c[6])}, "
+                             f"{int(c[7])}; this DebrisSystem has {self.max_rubble}, {self.max_dust}")
         if int(c[5]) != self.seed:
             raise ValueError(f"the debris checkpoint was written with seed {int(c[5])}, not {self.seed}")
+        for key, arr, dtype in (("debris_rubble_f", self._rf, np.float64),
+                                ("debris_rubble_i", self._ri, np.int32),
+                                ("debris_dust_f", self._df, np.float64)):
+            rows = np.asarray(d[key], dtype=dtype)
+            full = np.zeros(tuple(arr.shape), dtype=dtype)
+            full[: len(rows)] = rows
+            arr.from_numpy(full)
         self._rubble_serial, self._dust_serial, self._source_serial = int(c[0]), int(c[1]), int(c[2])
         self.peak_rubble, self.peak_dust = int(c[3]), int(c[4])
         self.time = float(np.asarray(d["debris_time"]))
