@@ -5,14 +5,25 @@ turns broken bonds and charges into emission sources, and steps rubble (small ri
 collide with the ground and, one way, with the pieces' convex hulls) and dust (passive particles:
 drag, rise, curl-noise turbulence, growth and fade). The simulate stage drives it once per frame::
 
-    debris = DebrisSystem(seed=shot.shot.seed, materials=materials, ...)
+    debris = DebrisSystem(seed=shot.shot.seed, max_dust=shot.debris.max_particles,
+                          dust=shot.debris.dust, materials=run_materials, ...)
     hulls = hull_planes_from_points(pieces["hull_vertices"], pieces["hull_offset"])   # once
-    # per frame, after World.step(dt):
+    # per frame: World.step(dt, substeps) first, then
     debris.set_colliders(hulls, pieces["hull_piece"], w.positions(), w.rotations(),
                          w.velocities(), w.angular_velocities())
-    debris.step(dt, substeps)
-    debris.emit_breaks(...the bonds that broke in this step..., time=debris.time)
+    debris.step(dt, substeps)                       # pieces move from last frame's poses to these
+    new = w.new_breaks()
+    pts = w.bond_points()[new]
+    kin = break_inputs(bonds["pairs"][new], pts, bonds["areas"][new], w.positions(),
+                       w.velocities(), w.angular_velocities(), w.masses())
+    debris.emit_breaks(pts, bonds["normals"][new], bonds["areas"][new], kin["energies"],
+                       kin["vel_a"], kin["vel_b"], pieces["material"][bonds["pairs"][new, 0]],
+                       shot.debris.per_break, time=debris.time)
+    # a charge that fires in this frame: debris.emit_burst(c.position, c.radius, c.impulse, debris.time)
     frame_arrays.update(debris.snapshot())
+
+so every particle in a frame's snapshot is at the frame's time, like the pieces.
+``run_materials`` are the run's materials in ``material_names`` order (material id = index).
 
 Slots are ring buffers: the n-th rubble bit ever emitted lives in slot ``n % max_rubble`` (its
 ``rubble_id``), so ids are stable and only reused when the cap forces the oldest out; dust works
