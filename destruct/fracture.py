@@ -406,9 +406,8 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
 
     A non-convex piece is split in two by the plane that gives the smallest total hull volume,
     recursively (at most ``HULL_MAX_DEPTH`` times). The candidate planes are the planes of the
-    piece's own faces (a concave corner of a piece is where two of its face planes meet, so
-    cutting along one makes both sides convex: the L of wall around a window corner splits
-    into two exact boxes) and the three axis planes through its centre. The union of the
+    faces at the piece's concave edges (cutting along one of them removes that concavity:
+    the L of wall around a window corner splits into two exact boxes). The union of the
     hulls is the piece, up to the hull slack ``HULL_RATIO`` allows, so hulls of neighbouring
     pieces barely overlap at rest.
     """
@@ -417,7 +416,13 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
         return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
     best = None
     for n, d in _cut_planes(manifold):
-        halves = [h for h in manifold.split_by_plane(n, d) if h.volume() > 1e-9 * volume]
+        # each side may fall apart (the prongs of a U under its bar): one hull per bit
+        halves = [
+            b
+            for h in manifold.split_by_plane(n, d)
+            for b in h.decompose()
+            if b.volume() > 1e-9 * volume
+        ]
         if len(halves) < 2:
             continue
         cost = sum(h.hull().volume() for h in halves)
@@ -429,21 +434,34 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
 
 
 def _cut_planes(manifold) -> list[tuple[np.ndarray, float]]:
-    """Distinct planes (n, d) of a piece's faces, then the axis planes through its centre."""
+    """Distinct planes (n, d) of the faces at a piece's concave edges; without any, the axis
+    planes through its centre."""
     mesh = manifold.to_mesh64()
-    tri = np.asarray(mesh.vert_properties[:, :3], dtype=np.float64)[
-        np.asarray(mesh.tri_verts, dtype=np.int64)
-    ]
+    v = np.asarray(mesh.vert_properties[:, :3], dtype=np.float64)
+    f = np.asarray(mesh.tri_verts, dtype=np.int64)
+    tri = v[f]
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(cross, axis=1)
-    ok = norm > 1e-18
-    n = cross[ok] / norm[ok, None]
-    d = np.einsum("ij,ij->i", n, tri[ok, 0])
+    normal = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
+    # each directed edge (a, b) of face i meets its twin (b, a) of face j (a closed manifold);
+    # the edge is concave where j's third corner lies above i's plane
+    ea = f.reshape(-1)
+    eb = np.roll(f, -1, axis=1).reshape(-1)
+    third = np.roll(f, -2, axis=1).reshape(-1)
+    face = np.repeat(np.arange(len(f)), 3)
+    key = ea * len(v) + eb
+    twin = np.argsort(key)[np.searchsorted(np.sort(key), eb * len(v) + ea)]
+    above = np.einsum("ij,ij->i", normal[face], v[third[twin]] - v[ea])
+    scale = float(np.ptp(v, axis=0).max())
+    faces = np.unique(face[above > 1e-9 * scale])
+    n = normal[faces]
+    d = np.einsum("ij,ij->i", n, tri[faces, 0])
     # a plane and its opposite cut the same way: one sign per plane
     sign = np.where(n[np.arange(len(n)), np.argmax(np.abs(n), axis=1)] < 0, -1.0, 1.0)
-    planes = np.column_stack([n * sign[:, None], d * sign])
+    planes = np.column_stack([n * sign[:, None], d * sign]).reshape(-1, 4)
     _, first = np.unique(np.round(planes / 1e-7), axis=0, return_index=True)
     out = [(planes[i, :3], float(planes[i, 3])) for i in np.sort(first)]
+    if out:
+        return out
     lo, hi = _bounds(manifold)
     for axis in range(3):
         e = np.zeros(3)
