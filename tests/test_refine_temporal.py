@@ -7,6 +7,7 @@ import pytest
 
 from refine.metrics import pair_error, warp_image, warping_error
 from refine.temporal import (
+    CrossFrameState,
     TemporalSettings,
     blend_weights,
     fresh_noise,
@@ -169,3 +170,21 @@ def test_visible_in_previous_flags_disoccluded_pixels():
     np.testing.assert_allclose(
         warped[vis], np.stack([p1["R"], p1["G"], p1["B"]], -1)[vis], atol=1e-5
     )
+
+
+def test_cross_frame_state_pools_the_anchor_2x2_in_large_layers_only():
+    torch = pytest.importorskip("torch")
+    st = CrossFrameState(pool_min_tokens=1024)
+    st.begin("record", (90, 160))  # a 720x1280 frame at vae factor 8
+    assert st.layer_hw(90 * 160) == (90, 160)
+    assert st.layer_hw(45 * 80) == (45, 80)
+    assert st.layer_hw(23 * 40) == (23, 40)  # 45 rounds up, as the UNet's strided convs do
+    assert st.layer_hw(7) is None
+    st.begin("record", (64, 64))
+    x = torch.arange(2 * 1024 * 3, dtype=torch.float32).reshape(2, 1024, 3)
+    pooled = st.pooled(x)
+    assert pooled.shape == (2, 256, 3)
+    grid = x.reshape(2, 32, 32, 3)
+    torch.testing.assert_close(pooled[1, 0], grid[1, :2, :2].mean(dim=(0, 1)))
+    small = torch.ones(2, 256, 3)
+    assert st.pooled(small) is small
