@@ -162,6 +162,20 @@ def break_inputs(pairs, points, areas, positions, velocities, angular_velocities
     return {"vel_a": va, "vel_b": vb, "energies": G_REF * area + kinetic}
 
 
+def _newest(counts: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Particles per source -> (starts, counts) of the ones that survive a cap of ``cap`` slots,
+    the total drawn and how many of the oldest were dropped. When one call draws more particles
+    than there are slots, only the newest ``cap`` are made (no two writes race for a slot)."""
+    counts = counts.astype(np.int64)
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    skip = max(0, total - cap)
+    starts = ends - counts
+    new_starts = np.maximum(starts - skip, 0)
+    new_counts = np.maximum(ends - skip, 0) - new_starts
+    return new_starts.astype(np.int32), new_counts.astype(np.int32), total, skip
+
+
 def _f3(a, n: int, name: str) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.shape != (n, 3):
@@ -322,8 +336,8 @@ class DebrisSystem:
         src[:, K.SDISC] = np.sqrt(area / np.pi)
         src[:, K.SSPREAD] = np.minimum(SPREAD_K * self._spec[mat] * np.sqrt(scale), MAX_SPREAD)
         src[:, K.SRMAX] = np.clip(0.5 * np.sqrt(area), K.R_MIN, K.R_MAX)
-        src[:, K.SLAM] = lam if self.max_rubble else 0.0
-        src[:, K.SLAMD] = DUST_PER_BIT * lam if (self.dust and self.max_dust) else 0.0
+        src[:, K.SLAM] = np.minimum(lam, self.max_rubble)
+        src[:, K.SLAMD] = np.minimum(DUST_PER_BIT * lam, self.max_dust) if self.dust else 0.0
         src[:, K.SDR0] = DUST_R0
         src[:, K.SDLIFE] = DUST_LIFE
         src[:, K.SDRISE] = DUST_RISE
@@ -345,8 +359,8 @@ class DebrisSystem:
         src[0, K.SSPREAD] = min(BURST_SPEED * f, MAX_SPREAD)
         src[0, K.SRMAX] = K.R_MAX
         lam = BURST_BITS * f
-        src[0, K.SLAM] = lam if self.max_rubble else 0.0
-        src[0, K.SLAMD] = BURST_DUST * lam if (self.dust and self.max_dust) else 0.0
+        src[0, K.SLAM] = min(lam, self.max_rubble)
+        src[0, K.SLAMD] = min(BURST_DUST * lam, self.max_dust) if self.dust else 0.0
         src[0, K.SDR0] = BURST_R0
         src[0, K.SDLIFE] = BURST_LIFE
         src[0, K.SDRISE] = BURST_RISE
@@ -362,17 +376,19 @@ class DebrisSystem:
         K.draw_counts(src_t, n, self._seed32, self._source_serial, srci_t)
         self._source_serial += n
         srci = srci_t.to_numpy()
-        for start, count in ((K.RSTART, K.RCOUNT), (K.DSTART, K.DCOUNT)):
-            srci[:, start] = np.concatenate([[0], np.cumsum(srci[:-1, count])])
+        skips = []
+        for start, count, cap in ((K.RSTART, K.RCOUNT, self.max_rubble), (K.DSTART, K.DCOUNT, self.max_dust)):
+            srci[:, start], srci[:, count], total, skip = _newest(srci[:, count], cap)
+            skips.append((total, skip))
         srci_t.from_numpy(srci)
-        n_r, n_d = int(srci[:, K.RCOUNT].sum()), int(srci[:, K.DCOUNT].sum())
+        (n_r, skip_r), (n_d, skip_d) = skips
         if n_r and self.max_rubble:
-            K.emit_rubble(src_t, srci_t, n, self._mat, self._seed32, self._rubble_serial,
-                          max(0, n_r - self.max_rubble), float(time), self._rf, self._ri)
+            K.emit_rubble(src_t, srci_t, n, self._mat, self._seed32, self._rubble_serial + skip_r,
+                          float(time), self._rf, self._ri)
             self._rubble_serial += n_r
         if n_d and self.max_dust:
-            K.emit_dust(src_t, srci_t, n, self._seed32, self._dust_serial,
-                        max(0, n_d - self.max_dust), float(time), self._df)
+            K.emit_dust(src_t, srci_t, n, self._seed32, self._dust_serial + skip_d, float(time),
+                        self._df)
             self._dust_serial += n_d
         self.peak_rubble = max(self.peak_rubble, self.live_rubble)
         self.peak_dust = max(self.peak_dust, self.live_dust)

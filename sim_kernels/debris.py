@@ -184,71 +184,64 @@ def emit_offset(src: ti.template(), s, seed, serial, side):
 
 
 @ti.kernel
-def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i64, skip: i32,
-                birth: f64, rf: F2, ri: I2):
-    """New rubble bits: serial = serial0 + RSTART + j goes to slot serial % capacity.
-
-    The first ``skip`` serials of this call are dropped (more bits in one call than slots: only
-    the newest fit, and no two writes race for a slot).
-    """
+def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i64, birth: f64,
+                rf: F2, ri: I2):
+    """New rubble bits: serial = serial0 + RSTART + j goes to slot serial % capacity (the host
+    trims a call to at most capacity bits, so no two writes race for a slot)."""
     cap = rf.shape[0]
     for s in range(n):
         m = srci[s, SMAT]
         n_hat = get3(src, s, SN)
         for j in range(srci[s, RCOUNT]):
-            rel = srci[s, RSTART] + j
-            if rel >= skip:
-                serial = serial0 + rel
-                slot = ti.cast(serial % cap, i32)
-                # truncated power law on [R_MIN, rmax]: inverse of the CDF
-                b = ti.max(src[s, SRMAX], R_MIN)
-                lo = ti.pow(R_MIN, -SIZE_D)
-                r = ti.pow(lo - rnd(seed, serial, _S_SIZE) * (lo - ti.pow(b, -SIZE_D)), -1.0 / SIZE_D)
-                side = ti.select(rnd(seed, serial, _S_SIDE) < 0.5, -1.0, 1.0)
-                off, d = emit_offset(src, s, seed, serial, side)
-                speed = src[s, SSPREAD] * (0.5 + rnd(seed, serial, _S_SPEED))
-                set3(rf, slot, X, get3(src, s, SP) + off + side * r * n_hat)
-                set3(rf, slot, V, get3(src, s, SVEL) + speed * d)
-                # uniform random orientation (Shoemake, Graphics Gems III, 1992)
-                u1 = rnd(seed, serial, _S_Q0)
-                a2 = 2.0 * math.pi * rnd(seed, serial, _S_Q1)
-                a3 = 2.0 * math.pi * rnd(seed, serial, _S_Q2)
-                s1 = ti.sqrt(1.0 - u1)
-                s2 = ti.sqrt(u1)
-                set4(rf, slot, Q, vec4(s2 * ti.cos(a3), s1 * ti.sin(a2), s1 * ti.cos(a2), s2 * ti.sin(a3)))
-                spin = ti.min(speed / r, 30.0) * 0.5
-                set3(rf, slot, W, spin * gauss3(seed, serial, _S_W0, _S_W1, _S_W2, _S_W3))
-                rf[slot, RAD] = r
-                rf[slot, MU] = mat[m, MMU]
-                rf[slot, REST] = mat[m, MREST]
-                rf[slot, BIRTH] = birth
-                ri[slot, ALIVE] = 1
-                ri[slot, SLEEP] = 0
-                ri[slot, CALM] = 0
-                ri[slot, MAT] = m
+            serial = serial0 + srci[s, RSTART] + j
+            slot = ti.cast(serial % cap, i32)
+            # truncated power law on [R_MIN, rmax]: inverse of the CDF
+            b = ti.max(src[s, SRMAX], R_MIN)
+            lo = ti.pow(R_MIN, -SIZE_D)
+            r = ti.pow(lo - rnd(seed, serial, _S_SIZE) * (lo - ti.pow(b, -SIZE_D)), -1.0 / SIZE_D)
+            side = ti.select(rnd(seed, serial, _S_SIDE) < 0.5, -1.0, 1.0)
+            off, d = emit_offset(src, s, seed, serial, side)
+            speed = src[s, SSPREAD] * (0.5 + rnd(seed, serial, _S_SPEED))
+            set3(rf, slot, X, get3(src, s, SP) + off + side * r * n_hat)
+            set3(rf, slot, V, get3(src, s, SVEL) + speed * d)
+            # uniform random orientation (Shoemake, Graphics Gems III, 1992)
+            u1 = rnd(seed, serial, _S_Q0)
+            a2 = 2.0 * math.pi * rnd(seed, serial, _S_Q1)
+            a3 = 2.0 * math.pi * rnd(seed, serial, _S_Q2)
+            s1 = ti.sqrt(1.0 - u1)
+            s2 = ti.sqrt(u1)
+            set4(rf, slot, Q, vec4(s2 * ti.cos(a3), s1 * ti.sin(a2), s1 * ti.cos(a2), s2 * ti.sin(a3)))
+            spin = ti.min(speed / r, 30.0) * 0.5
+            set3(rf, slot, W, spin * gauss3(seed, serial, _S_W0, _S_W1, _S_W2, _S_W3))
+            rf[slot, RAD] = r
+            rf[slot, MU] = mat[m, MMU]
+            rf[slot, REST] = mat[m, MREST]
+            rf[slot, BIRTH] = birth
+            ri[slot, ALIVE] = 1
+            ri[slot, SLEEP] = 0
+            ri[slot, CALM] = 0
+            ri[slot, MAT] = m
 
 
 @ti.kernel
-def emit_dust(src: F2, srci: I2, n: i32, seed: ti.u32, serial0: ti.i64, skip: i32, birth: f64, df: F2):
+def emit_dust(src: F2, srci: I2, n: i32, seed: ti.u32, serial0: ti.i64, birth: f64, df: F2):
     """New dust particles: serial = serial0 + DSTART + j goes to slot serial % capacity."""
     cap = df.shape[0]
     for s in range(n):
         for j in range(srci[s, DCOUNT]):
-            rel = srci[s, DSTART] + j
-            if rel >= skip:
-                serial = serial0 + rel
-                slot = ti.cast(serial % cap, i32)
-                side = ti.select(rnd(seed, serial, _S_SIDE) < 0.5, -1.0, 1.0)
-                off, d = emit_offset(src, s, seed, serial, side)
-                speed = 0.5 * src[s, SSPREAD] * (0.5 + rnd(seed, serial, _S_SPEED))
-                set3(df, slot, DX, get3(src, s, SP) + off)
-                set3(df, slot, DV, get3(src, s, SVEL) + speed * d)
-                df[slot, DBIRTH] = birth
-                df[slot, DLIFE] = src[s, SDLIFE] * (0.75 + 0.5 * rnd(seed, serial, _S_LIFE))
-                df[slot, DR0] = src[s, SDR0] * (0.6 + 0.8 * rnd(seed, serial, _S_R0))
-                df[slot, DGROW] = 3.0 + 2.0 * rnd(seed, serial, _S_GROW)
-                df[slot, DA0] = 0.3 + 0.25 * rnd(seed, serial, _S_ALPHA)
-                df[slot, DRISE] = src[s, SDRISE] * (0.5 + rnd(seed, serial, _S_RISE))
+            serial = serial0 + srci[s, DSTART] + j
+            slot = ti.cast(serial % cap, i32)
+            side = ti.select(rnd(seed, serial, _S_SIDE) < 0.5, -1.0, 1.0)
+            off, d = emit_offset(src, s, seed, serial, side)
+            speed = 0.5 * src[s, SSPREAD] * (0.5 + rnd(seed, serial, _S_SPEED))
+            set3(df, slot, DX, get3(src, s, SP) + off)
+            set3(df, slot, DV, get3(src, s, SVEL) + speed * d)
+            df[slot, DBIRTH] = birth
+            df[slot, DLIFE] = src[s, SDLIFE] * (0.75 + 0.5 * rnd(seed, serial, _S_LIFE))
+            df[slot, DR0] = src[s, SDR0] * (0.6 + 0.8 * rnd(seed, serial, _S_R0))
+            df[slot, DGROW] = 3.0 + 2.0 * rnd(seed, serial, _S_GROW)
+            df[slot, DA0] = 0.3 + 0.25 * rnd(seed, serial, _S_ALPHA)
+            df[slot, DRISE] = src[s, SDRISE] * (0.5 + rnd(seed, serial, _S_RISE))
 
 
 # ---- collider grid -----------------------------------------------------------------------------

@@ -222,6 +222,9 @@ def test_cap_respected_and_oldest_recycled():
     assert (s["dust_position"][:, 0] > 50).all()  # dust cap 40: only the newest remain
     d.emit_breaks(**breaks(np.zeros((1, 3)), area=1.0, per_break=120.0), time=0.0)  # > cap at once
     assert d.live_rubble == 50 and (d.snapshot()["rubble_position"][:, 0] < 50).all()
+    # one call drawing 30 + 40 particles for 50 slots keeps the newest 50: 10 of the first source
+    starts, counts, total, skip = debris._newest(np.array([30, 40]), 50)
+    assert starts.tolist() == [0, 10] and counts.tolist() == [10, 40] and (total, skip) == (70, 20)
 
 
 def test_state_round_trip_continues_bit_identically():
