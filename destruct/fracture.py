@@ -1037,6 +1037,7 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
         ctx.warn(f"fracture lost volume: relative error {scene.volume_error:.2e} (expected < 1e-6)")
     write_fracture(scene, ctx.path("fracture", "pieces.npz").parent)
     hulls = sum(len(p.hulls) for p in scene.pieces)
+    volumes = [p.volume for p in scene.pieces]
     return {
         "pieces": len(scene.pieces),
         "bonds": len(scene.bonds),
@@ -1046,6 +1047,8 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
         "input_volume": scene.input_volume,
         "pieces_volume": scene.pieces_volume,
         "volume_error": scene.volume_error,
+        "min_piece_volume": min(volumes),
+        "max_piece_volume": max(volumes),
         "seconds_fracture": seconds,
         **{k: round(v, 3) for k, v in scene.timings.items()},
     }

@@ -82,8 +82,9 @@ def _assert_sound(scene, sample_pairs=40):
         (build_procedural(floors=1, bays_x=1, bays_z=1, windows=True), 40),
         ([_l_part()], 25),
         ([_hollow_part()], 25),
+        ([Part("drum_00", "part", "wood", trimesh.creation.cylinder(0.8, 2.0, sections=24))], 20),
     ],
-    ids=["procedural", "l-shape", "hollow-box"],
+    ids=["procedural", "l-shape", "hollow-box", "cylinder"],
 )
 def test_volume_conserved_watertight_disjoint(parts, n):
     scene = fracture_parts(parts, n, seed=3)
