@@ -21,11 +21,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trimesh
 
 from destruct.errors import UserError
+
+if TYPE_CHECKING:
+    from destruct.shot import Building
 
 #: Element kinds; imported meshes are "part".
 KINDS = ("column", "beam", "slab", "wall", "window", "part")
@@ -92,6 +96,17 @@ def _box_minus_box(outer: tuple, hole: tuple) -> trimesh.Trimesh:
     )
 
 
+def element_count(
+    floors: int, bays_x: int, bays_z: int, *, windows: bool = True, interior_walls: bool = False
+) -> int:
+    """How many parts :func:`build_procedural` makes (known before building them)."""
+    columns = (bays_x + 1) * (bays_z + 1)
+    beams = bays_x * (bays_z + 1) + bays_z * (bays_x + 1)
+    facade = 2 * (bays_x + bays_z)
+    inner = (bays_x - 1) * bays_z if interior_walls else 0
+    return floors * (columns + beams + 1 + facade * (2 if windows else 1) + inner)
+
+
 def build_procedural(
     *,
     floors: int = 6,
@@ -103,6 +118,7 @@ def build_procedural(
     interior_walls: bool = False,
     material: str = "concrete",
     materials: Mapping[str, str] | None = None,
+    max_parts: int = 100_000,
 ) -> list[Part]:
     """The parts of a frame building (see the module docstring), Y up, standing on y = 0.
 
@@ -124,6 +140,13 @@ def build_procedural(
             f"building.procedural.bay must be {COLUMN_WIDTH + 0.5:.1f}..50 m, got {bay!r}"
         )
     floors, bays_x, bays_z = int(floors), int(bays_x), int(bays_z)
+    count = element_count(floors, bays_x, bays_z, windows=windows, interior_walls=interior_walls)
+    if count > max_parts:
+        raise UserError(
+            f"building.procedural: {floors} floors of {bays_x} x {bays_z} bays make {count} "
+            f"elements, more than the {max_parts}-piece limit (every element is at least one "
+            "piece); use fewer floors or bays"
+        )
     mat = {k: (materials or {}).get(k) or material for k in KINDS[:5]}
 
     c2 = COLUMN_WIDTH / 2
@@ -189,7 +212,7 @@ def build_procedural(
     return parts
 
 
-def building_from_shot(building) -> list[Part]:
+def building_from_shot(building: Building) -> list[Part]:
     """The parts of ``shot.building.procedural`` (the shot's building section)."""
     p = building.procedural
     return build_procedural(

@@ -42,6 +42,7 @@ from destruct.materials import MATERIAL_NAMES, resolve
 from destruct.meshio import points_inside, to_manifold
 
 if TYPE_CHECKING:
+    from destruct.shot import Shot
     from destruct.stages import StageContext
 
 PIECES_FORMAT = "destruct.pieces/1"
@@ -834,13 +835,13 @@ def _rank(material: str) -> int | str:
     return MATERIAL_NAMES.index(material) if material in MATERIAL_NAMES else material
 
 
-def _detail_of(shot) -> list[tuple]:
+def _detail_of(shot: Shot) -> list[tuple]:
     detail = [(tuple(d.position), float(d.radius), float(d.factor)) for d in shot.fracture.detail]
     detail += [(tuple(c.position), float(c.radius), CHARGE_DETAIL_FACTOR) for c in shot.charges]
     return detail
 
 
-def prepare(shot, *, progress: Callable[[int, str], Any] | None = None) -> Scene:
+def prepare(shot: Shot, *, progress: Callable[[int, str], Any] | None = None) -> Scene:
     """The shot's building, fractured and bonded (DESIGN.md section 5)."""
     from destruct.building import building_from_shot
 
@@ -879,7 +880,7 @@ def prepare(shot, *, progress: Callable[[int, str], Any] | None = None) -> Scene
     return scene
 
 
-def _overrides_of(shot) -> dict[str, Any]:
+def _overrides_of(shot: Shot) -> dict[str, Any]:
     """``shot.materials`` as {name: {key: value}} (it may be a dict or a pydantic model)."""
     m = getattr(shot, "materials", None) or {}
     if hasattr(m, "model_dump"):

@@ -9,6 +9,7 @@ from destruct.building import (
     SLAB_THICKNESS,
     box_mesh,
     build_procedural,
+    element_count,
 )
 from destruct.errors import UserError
 from destruct.meshio import box_pairs, to_manifold
@@ -49,6 +50,7 @@ def test_element_counts_and_materials():
         "wall": "brick",
         "window": "glass",
     }
+    assert len(parts) == element_count(2, 2, 1, windows=True, interior_walls=True)
     names = [p.name for p in parts]
     assert len(set(names)) == len(names) and "column_00" in names and "window_11" in names
 
@@ -111,6 +113,7 @@ def test_window_pane_fills_the_opening():
         ({"story": 1.2}, "building.procedural.story must be"),
         ({"bay": 0.6}, "building.procedural.bay must be"),
         ({"bay": float("nan")}, "building.procedural.bay must be"),
+        ({"floors": 200, "bays_x": 50, "bays_z": 50}, "more than the 100000-piece limit"),
     ],
 )
 def test_bad_dimensions_are_refused(kwargs, words):
