@@ -99,7 +99,8 @@ class World:
     """Rigid convex bodies, a ground plane and breakable glue bonds (DESIGN.md section 5).
 
     ``gravity``: (3,) m/s^2. ``ground``: an infinite plane at y = 0 with ``ground_friction``.
-    ``backend``: "cpu", "cuda" or "auto"; ``threads``: CPU threads (0 = all). ``seed`` is kept
+    ``backend``: "cpu", "cuda" or "auto"; ``threads``: CPU threads (0 = all). ``iterations``:
+    Gauss-Seidel sweeps of the position pass per substep (stiffer stacks). ``seed`` is kept
     in the state for the debris emitters; the rigid solver itself draws no random numbers.
     """
 
@@ -112,6 +113,7 @@ class World:
         seed: int = 0,
         *,
         threads: int = 0,
+        iterations: int = 4,
     ):
         backend_mod = _k()[0]
         try:
@@ -122,6 +124,9 @@ class World:
         self.ground = bool(ground)
         self.ground_friction = float(ground_friction)
         self.seed = int(seed)
+        if not 1 <= int(iterations) <= 64:
+            raise UserError(f"solver iterations must be 1..64, got {iterations}")
+        self.iterations = int(iterations)
         self.time = 0.0
         self.steps = 0
         _, bodies, _, _, bonds, _ = _k()
@@ -417,6 +422,7 @@ class World:
                 self.ground_friction,
                 int(s == 0),
                 s % 2,
+                self.iterations,
             )
         if self.num_bonds:
             bonds.bonds_end_step(d["bf"], d["bi"], d["bdf"], d["bdi"], substeps)

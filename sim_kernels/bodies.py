@@ -11,7 +11,8 @@ Body tables (one row per body, columns named below):
 ``bi: (n, NBI) i32``
     FLAGS (FIXED=1: never moves, KINEMATIC=2: moves with its velocity, ignores contacts),
     SLEEP (1 = asleep: treated as immovable until woken), CALM frames in a row below the sleep
-    speed, WAKE (1 = wake at the end of this step).
+    speed (-1: just woken by an impact), WAKE (1 = wake at the end of this step, 2 = woken by
+    an impact).
 """
 
 
@@ -69,7 +70,9 @@ def inv_inertia_world(bf: ti.template(), i) -> mat3:
 def w_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, n, angular) -> f64:
     """Generalised inverse mass of the pair (a, b) for a push along unit n.
 
-    angular = 0: a linear push at world offsets ra / rb; 1: a rotation about axis n.
+    angular = 0: a linear push at world offsets ra / rb; 1: a rotation about axis n; 2: a
+    push of the centres of mass only (the block solution of a face contact, which the contact's
+    corners keep from tilting).
     Bodies that are not movable (fixed, kinematic, asleep, the ground) count as infinite mass.
     """
     w = 0.0
@@ -81,8 +84,10 @@ def w_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, n, angular) -> f6
             r = rb
         if movable(bi, i) != 0:
             Iinv = inv_inertia_world(bf, i)
-            if angular != 0:
+            if angular == 1:
                 w += n.dot(Iinv @ n)
+            elif angular == 2:
+                w += bf[i, INVM]
             else:
                 rn = r.cross(n)
                 w += bf[i, INVM] + rn.dot(Iinv @ rn)
@@ -94,7 +99,7 @@ def apply_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, p, angular, v
     """Apply +p to body a and -p to body b.
 
     p: a positional 'impulse' [kg m] (velocity = 0: moves x and q) or an impulse [N s]
-    (velocity = 1: changes v and w); angular = 1: p is rotational [kg m^2 or N m s].
+    (velocity = 1: changes v and w); angular as in :func:`w_pair` (1: p is rotational).
     """
     for side in range(2):
         i = a
@@ -106,11 +111,13 @@ def apply_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, p, angular, v
             sign = -1.0
         if movable(bi, i) != 0:
             Iinv = inv_inertia_world(bf, i)
-            lin = vec3(0.0)
-            dth = Iinv @ p
+            lin = bf[i, INVM] * p
+            dth = vec3(0.0)
             if angular == 0:
-                lin = bf[i, INVM] * p
                 dth = Iinv @ r.cross(p)
+            elif angular == 1:
+                lin = vec3(0.0)
+                dth = Iinv @ p
             if velocity != 0:
                 set3(bf, i, V, get3(bf, i, V) + sign * lin)
                 set3(bf, i, W, get3(bf, i, W) + sign * dth)
@@ -182,6 +189,8 @@ def end_step(bf: F2, bi: I2, v_sleep: f64, calm_frames: ti.i32, h: f64, gx: f64,
             if bi[i, WAKE] != 0:
                 bi[i, SLEEP] = 0
                 bi[i, CALM] = 0
+                if bi[i, WAKE] == 2:
+                    bi[i, CALM] = -1  # woken by an impact: wakes what it touches next step
                 bi[i, WAKE] = 0
             elif bi[i, SLEEP] == 0:
                 s = get3(bf, i, V).norm() + get3(bf, i, W).norm() * bf[i, RAD]

@@ -12,7 +12,9 @@ Contact rows (``cf: (P * MAXC, NCF) f64``): RA point on A in A's body frame, RB 
 B's body frame (world point for the ground), LAM normal multiplier of the last substep [kg m], JN normal impulse of its
 velocity pass [N s].
 ``pn: (P, NPN) f64`` world normal from B towards A, fixed over a step (3); PN_LAM, PN_JN the
-multiplier and normal impulse of the manifold's centroid row in the last substep.
+multiplier and normal impulse of the manifold's centroid row in the last substep, PN_LEFT the
+friction budget the centroid rows left to the corner rows (multiplier, then impulse). Without
+it the corners would spend the centroid's normal load on friction a second time.
 
 The constraints follow Mueller et al. 2020 (XPBD rigid bodies): a positional non-penetration
 and static-friction correction per substep, then a velocity pass for dynamic friction and
@@ -39,8 +41,8 @@ from sim_kernels.bodies import (
 MAXC = 8
 RA, RB, LAM, JN = 0, 3, 6, 7
 NCF = 8
-PN_LAM, PN_JN = 3, 4
-NPN = 5
+PN_LAM, PN_JN, PN_LEFT = 3, 4, 5
+NPN = 6
 IMPACT_SPEED = 1.0  # m/s: approach speeds above this damage the bonds of both bodies
 
 
@@ -274,9 +276,11 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
     la, lb = _point(cf, pairs, p, k)
     ra, pa = _attach(bf, a, la, 0)
     rb, pb = _attach(bf, b, lb, 0)
-    lam_n = pn[p, PN_LAM]
+    nc = pairs[p, 2]
+    mu = _mu(bf, a, b, ground_mu)
+    budget = pn[p, PN_LEFT]
     if k >= 0:
-        lam_n = cf[p * MAXC + k, LAM]
+        budget = pn[p, PN_LEFT] / nc + mu * (cf[p * MAXC + k, LAM] - pn[p, PN_LAM] / nc)
     valid = 0
     dirn = n
     c = 0.0
@@ -285,16 +289,17 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
         c = n.dot(pb - pa)
         if c > 0.0:
             valid = 1
-    elif lam_n > 0.0:
-        _, pa0 = _attach(bf, a, la, 1)
-        _, pb0 = _attach(bf, b, lb, 1)
-        dp = (pa - pa0) - (pb - pb0)
+    elif budget > 0.0:
+        # the two attachment points coincided (tangentially) at the narrowphase: their
+        # tangential separation is the slip since the step began, so a slip one substep
+        # leaves over is taken back in the next instead of accumulating into creep
+        dp = pa - pb
         dpt = dp - dp.dot(n) * n
         c = dpt.norm()
         if c > 1e-12:
             valid = 1
             dirn = -dpt / c
-            limit = _mu(bf, a, b, ground_mu) * lam_n
+            limit = budget
     return valid, dirn, ra, rb, c, limit
 
 
@@ -317,6 +322,9 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
     rb = vec3(0.0)
     valid = 0
     energy = 0.0
+    mode = 0
+    if k < 0 and pairs[p, 2] >= 3:
+        mode = 2  # a face contact's centroid: move the centres of mass only
     if lam > 0.0:
         n = get3(pn, p, 0)
         la, lb = _point(cf, pairs, p, k)
@@ -335,12 +343,13 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
             vn_pre = n.dot(vpre)
             if ti.abs(vn_pre) <= 2.0 * g_norm * h:
                 e = 0.0  # resting contact: no bounce from the gravity of one substep
-            wn = w_pair(bf, bi, a, b, ra, rb, n, 0)
+            wn = w_pair(bf, bi, a, b, ra, rb, n, mode)
             jn = (-vn + ti.max(-e * vn_pre, 0.0)) / wn
             if k >= 0:
                 cf[p * MAXC + k, JN] = ti.max(jn, 0.0)
             else:
                 pn[p, jn_col] = ti.max(jn, 0.0)
+                pn[p, PN_LEFT] = _mu(bf, a, b, ground_mu) * (lam / h + ti.max(jn, 0.0))
             imp = jn * n
             valid = 1
             if -vn_pre > IMPACT_SPEED:
@@ -349,12 +358,17 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
             vt = vrel - vn * n
             st = vt.norm()
             if st > 1e-12:
-                jn = pn[p, jn_col]
+                nc = pairs[p, 2]
+                budget = pn[p, PN_LEFT]
                 if k >= 0:
-                    jn = cf[p * MAXC + k, JN]
+                    own = lam - pn[p, PN_LAM] / nc
+                    budget = budget / nc + _mu(bf, a, b, ground_mu) * (
+                        own / h + cf[p * MAXC + k, JN])
                 t = vt / st
-                wt = w_pair(bf, bi, a, b, ra, rb, t, 0)
-                jt = ti.min(_mu(bf, a, b, ground_mu) * (lam / h + jn), st / wt)
+                wt = w_pair(bf, bi, a, b, ra, rb, t, mode)
+                jt = ti.min(budget, st / wt)
+                if k < 0:
+                    pn[p, PN_LEFT] -= jt
                 imp = -jt * t
                 valid = 1
     return valid, imp, ra, rb, energy

@@ -92,6 +92,7 @@ NMODE = 6
 #: N(> r) ~ r^-D: fragments of crushed rock and concrete follow it with D about 2.5
 #: (Turcotte, "Fractals and fragmentation", J. Geophys. Res. 91, 1986).
 R_MIN, R_MAX, SIZE_D = 0.02, 0.15, 2.5
+POP_SPEED = 1.0  # [m/s] the fastest a bit is pushed out of a resting bit it overlaps
 
 # Random streams: each draw of a particle has its own stream number.
 _S_COUNT_R, _S_COUNT_D = 1, 2
@@ -345,6 +346,35 @@ def grid_sort(t: i32, start: I1, cell_hull: I1):
             cell_hull[j + 1] = v
 
 
+@ti.kernel
+def rest_count(rf: F2, ri: I2, used: i32, mask: i32, cell: f64, count: I1) -> i32:
+    """Count the sleeping bits per bucket of the resting-rubble grid; return how many sleep."""
+    total = 0
+    for i in range(used):
+        if ri[i, ALIVE] == 1 and ri[i, SLEEP] == 1:
+            ti.atomic_add(count[cell_hash(cell_of(get3(rf, i, X), cell), mask)], 1)
+            total += 1
+    return total
+
+
+@ti.kernel
+def rest_fill(rf: F2, ri: I2, used: i32, mask: i32, cell: f64, start: I1, cursor: I1, rest: I1):
+    for i in range(used):
+        if ri[i, ALIVE] == 1 and ri[i, SLEEP] == 1:
+            b = cell_hash(cell_of(get3(rf, i, X), cell), mask)
+            rest[start[b] + ti.atomic_add(cursor[b], 1)] = i
+
+
+@ti.kernel
+def rest_pack(rf: F2, rest: I1, n: i32, rest_x: F2):
+    """Copy the sleeping bits' centres and radii (in grid order) out of the rubble table, so the
+    step reads them from here while the bits themselves may wake and move."""
+    for k in range(n):
+        i = rest[k]
+        set3(rest_x, k, 0, get3(rf, i, X))
+        rest_x[k, 3] = rf[i, RAD]
+
+
 # ---- rubble ------------------------------------------------------------------------------------
 
 
@@ -410,18 +440,56 @@ def near(hs: ti.template(), hh, x) -> i32:
     return ti.select((x - get3(hs, hh, 0)).norm_sqr() < hs[hh, 3] * hs[hh, 3], 1, 0)
 
 
+@ti.func
+def rest_contact(rest_start: ti.template(), rest: ti.template(), rest_x: ti.template(), mask, cell,
+                 i, x, xp, r, mu, max_push, push: ti.template()):
+    """A bit (slot i, centre x, radius r; xp at the start of the substep) against the resting
+    bits: with ``push``, pushed out of each one it overlaps in turn by at most max_push [m],
+    with Coulomb friction (they do not move); returns the new centre and the last contact normal
+    (zero: no contact). Two bits that crossed in flight can overlap deeply when one falls asleep:
+    the cap lets them part at POP_SPEED instead of in one violent jump.
+    Cells are at least twice the largest contact distance, so the 2 x 2 x 2 cells nearest to x
+    hold every bit it can touch."""
+    n_last = vec3(0.0)
+    lo = cell_of(x - 0.5 * cell, cell)
+    for di, dj, dk in ti.static(ti.ndrange(2, 2, 2)):
+        b = cell_hash(lo + ti.Vector([di, dj, dk]), mask)
+        for e in range(rest_start[b], rest_start[b + 1]):
+            if rest[e] != i:
+                d = x - get3(rest_x, e, 0)
+                dist = d.norm()
+                depth = r + rest_x[e, 3] - dist
+                if depth > 0:
+                    n = vec3(0.0, 1.0, 0.0)
+                    if dist > 1e-9:
+                        n = d / dist
+                    n_last = n
+                    if ti.static(push):
+                        depth = ti.min(depth, max_push)
+                        x += depth * n
+                        dx = x - xp
+                        x -= friction_correction(dx - dx.dot(n) * n, depth, mu)
+    return x, n_last
+
+
 @ti.kernel
 def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f64, ground: i32,
                 hp: F2, hi: I2, hs: F2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
-                has_grid: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64, used: i32):
-    """One step of dt for every rubble bit, all substeps in one pass (bits do not interact, and
-    the hulls move on a known path: their poses interpolated from the step's start to its end).
+                has_grid: i32, rest_start: I1, rest: I1, rest_x: F2, rest_mask: i32, rest_cell: f64,
+                has_rest: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64, used: i32):
+    """One step of dt for every rubble bit, all substeps in one pass: within a step a moving bit
+    meets only things whose path is known, so bits need no synchronisation: the hulls (poses
+    interpolated from the step's start to its end), the ground, and the bits that were asleep
+    at the start of the step (the resting-rubble grid: ``rest_x`` rows in ``rest_start``
+    buckets, cells of ``rest_cell``), which stay put; so rubble lands on resting rubble and
+    piles up, while two bits in flight pass through each other.
 
     1. A sleeping bit wakes when a hull at its end-of-step pose pushes into it or moves under it
-       faster than v_wake, or when nothing supports it any more.
-    2. Each substep: exact gravity, the hulls (pushed out along the deepest plane, Coulomb
-       friction against the moving surface), then the ground (last, so it always holds); the
-       velocity from the positions, then restitution along each contact normal.
+       faster than v_wake, or when nothing (ground, hull, resting bit) supports it any more.
+    2. Each substep: exact gravity, the resting bits, the hulls (pushed out along the deepest
+       plane, Coulomb friction against the moving surface), then the ground (last, so it always
+       holds): the harder the obstacle, the later it is met. Then the velocity from the
+       positions, and restitution along each contact normal.
     3. Bits touching something and slower than v_sleep for calm_steps steps fall asleep.
 
     Only the first ``used`` slots are looked at (slots fill from 0).
@@ -453,6 +521,11 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                                 v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(x - get3(pp, p, PX1))
                                 if depth > 2.0 * tol or v_surf.norm() > v_wake:
                                     wake = 1
+                if has_rest == 1 and supported == 0:
+                    _, n = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, x, r + tol,
+                                        0.0, 0.0, False)
+                    if n.norm() > 0:
+                        supported = 1
                 if wake == 1 or supported == 0:
                     ri[i, SLEEP] = 0
                     ri[i, CALM] = 0
@@ -466,6 +539,12 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                     vp = v
                     x = xp + h * vp + 0.5 * h * h * g
                     touch = 0
+                    n_r = vec3(0.0)
+                    if has_rest == 1:
+                        x, n_r = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, xp, r,
+                                              mu, POP_SPEED * h, True)
+                        if n_r.norm() > 0:
+                            touch = 1
                     n_p = vec3(0.0)
                     v_p = vec3(0.0)
                     if has_grid == 1:
@@ -499,6 +578,10 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                             v = normal_velocity(v, vfree, v_p, n_p, e_rest, v_bounce)
                             n_c = n_p
                             v_c = v_p
+                        if n_r.norm() > 0:
+                            v = normal_velocity(v, vfree, vec3(0.0), n_r, e_rest, v_bounce)
+                            n_c = n_r
+                            v_c = vec3(0.0)
                         if gn == 1:
                             v = normal_velocity(v, vfree, vec3(0.0), vec3(0.0, 1.0, 0.0), e_rest, v_bounce)
                             n_c = vec3(0.0, 1.0, 0.0)

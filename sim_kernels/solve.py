@@ -10,10 +10,11 @@ bodies share an intact bond is left to the bond.
 
 
 from sim_kernels.backend import F2, I1, I2, f64, get3, ti, vec3
-from sim_kernels.bodies import FLAGS, IMPACT, RAD, SLEEP, V, W, WAKE
+from sim_kernels.bodies import CALM, FLAGS, IMPACT, RAD, SLEEP, V, W, WAKE
 from sim_kernels.bodies import apply_pair, integrate_body, movable, update_body_velocity, w_pair
 from sim_kernels.bonds import BROKEN, FACC, TACC, bond_position_row, bond_velocity_row
-from sim_kernels.contacts import LAM, MAXC, PN_LAM, _pair_bodies, contact_position_row
+from sim_kernels.contacts import LAM, MAXC, PN_LAM, PN_LEFT, _mu, _pair_bodies
+from sim_kernels.contacts import contact_position_row
 from sim_kernels.contacts import contact_velocity_row
 
 CONTACT, BOND = 0, 1
@@ -78,39 +79,55 @@ def _unit(bi: ti.template(), si: ti.template(), pairs: ti.template(), bdi: ti.te
 
 
 @ti.func
-def _point_order(r, npoints, flip) -> ti.i32:
-    """Contact point of row r of a pair (-1 = centroid), points in reverse on alternate substeps.
+def _contact_row(r, npoints, flip):
+    """Row r of a contact pair -> (point, friction): point -1 is the centroid.
 
-    Gauss-Seidel over the corners of a face in one fixed order tilts a resting box a little
-    the same way every substep (a stack then walks sideways); alternating cancels that bias.
+    Rows: centroid normal, corner normals, centroid friction, corner frictions; friction last,
+    so the slip it removes is not brought back by a later normal row. Corners are visited in
+    reverse on alternate substeps: a fixed Gauss-Seidel order tilts a resting box the same way
+    every substep.
     """
-    k = r // 2 - 1  # rows 0, 1: the centroid (k = -1)
+    fric = 0
+    k = r - 1
+    if r > npoints:
+        fric = 1
+        k = r - npoints - 2
     if flip != 0 and k >= 0:
         k = npoints - 1 - k
-    return k
+    return k, fric
 
 
 @ti.kernel
 def substep(
     bf: F2, bi: I2, si: I2, pairs: I2, pn: F2, cf: F2, bdf: F2, bdi: I2, units: I2,
     nunits: ti.i32, h: f64, gx: f64, gy: f64, gz: f64, ground_mu: f64, first: ti.i32,
-    flip: ti.i32,
+    flip: ti.i32, iterations: ti.i32,
 ):
-    """One XPBD substep over all bodies and constraints (Mueller et al. 2020, algorithm 2)."""
+    """One XPBD substep over all bodies and constraints (Mueller et al. 2020, algorithm 2).
+
+    The position pass runs `iterations` Gauss-Seidel sweeps (multipliers accumulate over them).
+    """
     g = vec3(gx, gy, gz)
     for i in range(bf.shape[0]):
         integrate_body(bf, bi, i, h, g, first)
     ti.loop_config(serialize=True)
-    for u in range(nunits):
+    for it_uu in range(iterations * nunits):
+        it = it_uu // nunits
+        uu = it_uu % nunits
+        u = uu
+        if (flip + it) % 2 != 0:
+            u = nunits - 1 - uu  # alternate sweeps: symmetric Gauss-Seidel down a stack
         a, b, live = _unit(bi, si, pairs, bdi, u, units)
         kind = units[u, 0]
         idx = units[u, 1]
         nrows = 2
         if kind == CONTACT:
             nrows = 2 + 2 * pairs[idx, 2]
-            pn[idx, PN_LAM] = 0.0
-            for k in range(pairs[idx, 2]):
-                cf[idx * MAXC + k, LAM] = 0.0
+            if it == 0:
+                pn[idx, PN_LAM] = 0.0
+                pn[idx, PN_LEFT] = 0.0
+                for k in range(pairs[idx, 2]):
+                    cf[idx * MAXC + k, LAM] = 0.0
         if live == 0:
             nrows = 0
         for r in range(nrows):
@@ -122,10 +139,13 @@ def substep(
             limit = 1e30
             angular = 0
             k = -1
+            fric = 0
             if kind == CONTACT:
-                k = _point_order(r, pairs[idx, 2], flip)
+                k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, dirn, ra, rb, c, limit = contact_position_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, r % 2, ground_mu)
+                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu)
+                if k < 0 and pairs[idx, 2] >= 3:
+                    angular = 2  # a face contact: its centroid rows move, the corners turn
             else:
                 valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
             if valid != 0:
@@ -133,11 +153,14 @@ def substep(
                 if lam <= limit:
                     apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0)
                     if kind == CONTACT:
-                        if r == 0:  # the centroid's load is shared by the points
-                            pn[idx, PN_LAM] = lam
+                        if k < 0 and fric == 0:  # the centroid's load is shared by the points
+                            pn[idx, PN_LAM] += lam
+                            pn[idx, PN_LEFT] += _mu(bf, a, b, ground_mu) * lam
                             for j in range(pairs[idx, 2]):
-                                cf[idx * MAXC + j, LAM] = lam / pairs[idx, 2]
-                        elif r % 2 == 0:
+                                cf[idx * MAXC + j, LAM] += lam / pairs[idx, 2]
+                        elif k < 0:
+                            pn[idx, PN_LEFT] -= lam
+                        elif fric == 0:
                             cf[idx * MAXC + k, LAM] += lam
                     else:
                         col = FACC
@@ -148,7 +171,10 @@ def substep(
     for i in range(bf.shape[0]):
         update_body_velocity(bf, bi, i, h)
     ti.loop_config(serialize=True)
-    for u in range(nunits):
+    for uu in range(nunits):
+        u = uu
+        if flip != 0:
+            u = nunits - 1 - uu  # alternate sweeps: symmetric Gauss-Seidel down a stack
         a, b, live = _unit(bi, si, pairs, bdi, u, units)
         kind = units[u, 0]
         idx = units[u, 1]
@@ -165,9 +191,11 @@ def substep(
             angular = 0
             energy = 0.0
             if kind == CONTACT:
+                k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, imp, ra, rb, energy = contact_velocity_row(
-                    bf, bi, si, pairs, pn, cf, idx, _point_order(r, pairs[idx, 2], flip), r % 2,
-                    h, g.norm(), ground_mu)
+                    bf, bi, si, pairs, pn, cf, idx, k, fric, h, g.norm(), ground_mu)
+                if k < 0 and pairs[idx, 2] >= 3:
+                    angular = 2
             else:
                 valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r)
             if valid != 0:
@@ -188,7 +216,10 @@ def substep(
 @ti.kernel
 def wake_touched(bf: F2, bi: I2, si: I2, pairs: I2, bdi: I2, units: I2, nunits: ti.i32,
                  v_wake: f64):
-    """A sleeping body touched (contact or bond) by a body moving faster than v_wake wakes."""
+    """Wake sleeping bodies touched (contact or bond) by a body that moves faster than v_wake,
+    took an impact this step (IMPACT > 0), or was itself woken by an impact last step (CALM < 0):
+    an impact on a sleeping pile wakes two layers, not only the body it hit.
+    """
     for u in range(nunits):
         a = 0
         b = -1
@@ -198,11 +229,15 @@ def wake_touched(bf: F2, bi: I2, si: I2, pairs: I2, bdi: I2, units: I2, nunits: 
             a = bdi[units[u, 1], 0]
             b = bdi[units[u, 1], 1]
         if b >= 0:
-            sa = get3(bf, a, V).norm() + get3(bf, a, W).norm() * bf[a, RAD]
-            sb = get3(bf, b, V).norm() + get3(bf, b, W).norm() * bf[b, RAD]
-            a_moves = bi[a, SLEEP] == 0 and bi[a, FLAGS] != 1 and sa > v_wake
-            b_moves = bi[b, SLEEP] == 0 and bi[b, FLAGS] != 1 and sb > v_wake
-            if a_moves and bi[b, SLEEP] != 0:
-                bi[b, WAKE] = 1
-            if b_moves and bi[a, SLEEP] != 0:
-                bi[a, WAKE] = 1
+            for side in range(2):
+                me = a
+                other = b
+                if side == 1:
+                    me = b
+                    other = a
+                if bi[me, SLEEP] == 0 and bi[me, FLAGS] != 1 and bi[other, SLEEP] != 0:
+                    s = get3(bf, me, V).norm() + get3(bf, me, W).norm() * bf[me, RAD]
+                    if bf[me, IMPACT] > 0.0:
+                        ti.atomic_max(bi[other, WAKE], 2)
+                    elif s > v_wake or bi[me, CALM] < 0:
+                        ti.atomic_max(bi[other, WAKE], 1)

@@ -1,0 +1,133 @@
+"""World contacts: free fall, friction on an incline, stacks at rest, sleeping and waking,
+momentum in a collision. Each test asserts the analytic answer (DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("taichi")
+
+from destruct.world import World  # noqa: E402
+
+FPS = 24
+G = 9.81
+
+
+def box(hx: float, hy: float, hz: float) -> np.ndarray:
+    """(8, 3) corners of a box with half extents hx, hy, hz."""
+    return np.array([[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+
+
+def run(w: World, seconds: float, substeps: int = 8) -> None:
+    for _ in range(round(seconds * FPS)):
+        w.step(1 / FPS, substeps)
+
+
+def test_free_fall_is_exact_at_8_substeps():
+    w = World(ground=False, backend="cpu")
+    w.add_body(box(0.5, 0.5, 0.5), density=1000.0, position=(0, 10, 0), velocity=(1, 0, 0))
+    run(w, 1.0)
+    x = w.positions()[0]
+    assert abs(x[1] - (10 - G / 2)) < 1e-3
+    assert abs(x[0] - 1.0) < 1e-9
+    assert abs(w.velocities()[0, 1] + G) < 1e-6
+
+
+def _incline(mu: float) -> tuple[World, int, np.ndarray]:
+    """A box resting on a fixed 30-degree slab; returns the world, the box and the down-slope axis."""
+    t = math.radians(30)
+    q = (math.cos(t / 2), 0, 0, math.sin(t / 2))  # rotation about +z
+    n = np.array([-math.sin(t), math.cos(t), 0])  # slab's top normal
+    down = np.array([-math.cos(t), -math.sin(t), 0])  # down the slope
+    w = World(ground=False, backend="cpu")
+    w.add_body(box(6, 0.25, 2), position=(0, 0, 0), rotation=q, fixed=True, friction=mu)
+    b = w.add_body(box(0.25, 0.25, 0.25), density=1000.0, position=n * 0.5, rotation=q, friction=mu)
+    return w, b, down
+
+
+def test_incline_static_friction_holds():
+    w, b, _ = _incline(0.7)
+    x0 = w.positions()[b]
+    run(w, 2.0)
+    assert np.linalg.norm(w.positions()[b] - x0) < 1e-3
+
+
+def test_incline_sliding_acceleration_matches_coulomb():
+    w, b, down = _incline(0.3)
+    run(w, 0.5)
+    v1 = w.velocities()[b] @ down
+    run(w, 1.0)
+    v2 = w.velocities()[b] @ down
+    a = v2 - v1
+    expected = G * (math.sin(math.radians(30)) - 0.3 * math.cos(math.radians(30)))
+    assert abs(a - expected) < 0.05 * expected
+
+
+def _settle(w: World, seconds: float) -> tuple[float, float]:
+    """Step, return (peak kinetic energy, final kinetic energy)."""
+    peak = 0.0
+    for _ in range(round(seconds * FPS)):
+        w.step(1 / FPS, 8)
+        peak = max(peak, w.kinetic_energy())
+    return peak, w.kinetic_energy()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    w = World(backend="cpu")
+    for k in range(10):
+        w.add_body(box(0.5, 0.5, 0.5), density=500.0, position=(0, 0.5 + k, 0))
+    x0 = w.positions()
+    peak, final = _settle(w, 10.0)
+    return w, x0, peak, final
+
+
+def test_stack_of_ten_stands_and_sleeps(stack):
+    w, x0, peak, final = stack
+    assert np.abs(w.positions() - x0).max() < 0.01
+    assert final < 1e-4 * peak
+    assert w.sleeping().all()
+
+
+def test_dropped_box_wakes_the_stack(stack):
+    w, _, _, _ = stack
+    top = w.positions()[:, 1].argmax()
+    w.add_body(box(0.5, 0.5, 0.5), density=500.0, position=(0, 11.5, 0), velocity=(0, -3, 0))
+    woke = np.zeros(w.num_bodies, dtype=bool)
+    for _ in range(12):
+        w.step(1 / FPS, 8)
+        woke |= ~w.sleeping()
+    assert woke[top]
+    assert woke[:10].sum() >= 2
+
+
+def test_pyramid_of_ten_rows_stands_and_sleeps():
+    w = World(backend="cpu")
+    for row in range(10):
+        for k in range(10 - row):
+            w.add_body(box(0.5, 0.5, 0.5), density=500.0,
+                       position=(1.02 * (k + 0.5 * row), 0.5 + row, 0))
+    x0 = w.positions()
+    peak, final = _settle(w, 10.0)
+    assert np.abs(w.positions() - x0).max() < 0.01
+    assert final < 1e-4 * peak
+    assert w.sleeping().all()
+
+
+def test_head_on_collision_conserves_momentum():
+    w = World(gravity=(0, 0, 0), ground=False, backend="cpu")
+    a = w.add_body(box(0.5, 0.5, 0.5), density=1000.0, position=(-2, 0, 0), velocity=(3, 0, 0),
+                   restitution=0.5)
+    b = w.add_body(box(0.4, 0.4, 0.4), density=2000.0, position=(2, 0, 0), velocity=(-2, 0, 0),
+                   restitution=0.5)
+    m = w.masses()
+    p0 = m[a] * 3.0 - m[b] * 2.0
+    run(w, 2.0)
+    v = w.velocities()
+    p1 = m @ v[:, 0]
+    assert v[a, 0] < v[b, 0]  # they bounced apart
+    assert abs(p1 - p0) < 0.01 * abs(m[a] * 3.0)
+    assert np.abs(m @ v[:, 1:]).max() < 1e-6 * abs(m[a] * 3.0)
