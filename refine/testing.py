@@ -90,13 +90,20 @@ def tiny_controlnet(seed: int):
 
     torch.manual_seed(seed)
     net = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(8, 8), **_BLOCKS)
+    _reinit_zero_convs(net)
+    return net
+
+
+def _reinit_zero_convs(net) -> None:
+    """Give a fresh ControlNet's zero-initialised output convolutions random weights."""
+    import torch
+
     with torch.no_grad():
         outs = [*net.controlnet_down_blocks, net.controlnet_mid_block]
         outs.append(net.controlnet_cond_embedding.conv_out)
         for conv in outs:
             torch.nn.init.normal_(conv.weight, std=0.5)
             torch.nn.init.normal_(conv.bias, std=0.1)
-    return net
 
 
 def tiny_vae():
@@ -145,6 +152,79 @@ def save_tiny_sd15(folder: str | Path, *, seed: int = 0) -> Path:
 def save_tiny_controlnet(folder: str | Path, *, seed: int = 1) -> Path:
     folder = Path(folder)
     tiny_controlnet(seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+#: A tiny SDXL-shaped UNet / ControlNet-Union: two text encoders (32 + 32 = 64 wide), the
+#: "text_time" added condition (6 size numbers x 8 + the 32-wide pooled text embedding = 80).
+_XL_BLOCKS = {
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 1),
+    "projection_class_embeddings_input_dim": 80,
+    "cross_attention_dim": 2 * TEXT_DIM,
+    "norm_num_groups": 1,
+}
+
+
+def save_tiny_sdxl(folder: str | Path, *, seed: int = 0) -> Path:
+    """Save a tiny SDXL-shaped base model (a ``StableDiffusionXLPipeline`` folder)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_XL_BLOCKS,
+    )
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            **{**tiny_text_encoder(len(tok)).config.to_dict(), "projection_dim": TEXT_DIM}
+        )
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(len(tok)),
+        text_encoder_2=te2,
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+    )
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_union(folder: str | Path, *, seed: int = 2) -> Path:
+    """Save a tiny ControlNet-Union (SDXL) with its zero convolutions re-initialised."""
+    import torch
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    net = ControlNetUnionModel(
+        in_channels=4,
+        conditioning_embedding_out_channels=(8, 8),
+        num_trans_channel=8,
+        num_trans_head=2,
+        num_proj_channel=8,
+        **_XL_BLOCKS,
+    )
+    _reinit_zero_convs(net)
+    folder = Path(folder)
+    net.save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -21,7 +21,7 @@ from refine.temporal import (
     refine_sequence,
     refine_window,
 )
-from refine.testing import save_tiny_set, synthetic_frames
+from refine.testing import save_tiny_sdxl, save_tiny_set, save_tiny_union, synthetic_frames
 
 SETTINGS = RefineSettings(
     prompt="a concrete building",
@@ -35,20 +35,22 @@ OFF = TemporalSettings(noise_warp=False, cross_frame=False, fusion=False, window
 ALL = TemporalSettings(window=4, overlap=1)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
     # tiny convolutions: one thread is ~10x faster than two when the machine is shared
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_models")
     spec = save_tiny_set(root)
-    specs = [
-        ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]
-    ]
+    specs = [ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]]
     rp = load_pipeline(spec["model"], specs, device="cpu")
-    state = install_cross_frame(rp.pipe)
-    yield rp, state
-    torch.set_num_threads(threads)
+    return rp, install_cross_frame(rp.pipe)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,42 @@ def test_windows_in_any_order_give_the_same_frames(tiny, frames):
     np.testing.assert_allclose(
         forward[frames[3].frame], 0.5 * first[3] + 0.5 * second[0], atol=1e-6
     )
+
+
+def test_sdxl_controlnet_union_family_loads_and_refines_with_the_temporal_methods(
+    tmp_path, monkeypatch
+):
+    base, union = save_tiny_sdxl(tmp_path / "xl"), save_tiny_union(tmp_path / "union")
+    specs = [
+        ControlSpec(ControlKind.DEPTH, str(union)),
+        ControlSpec(ControlKind.NORMAL, str(union), 0.5),
+    ]
+    rp = load_pipeline(base, specs, device="cpu")
+    assert (
+        rp.family.value == "sdxl"
+        and type(rp.pipe).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
+    )
+    state = install_cross_frame(rp.pipe)
+    names = {
+        p.name.split(".")[0]
+        for net in (rp.pipe.unet, rp.pipe.controlnet)
+        for p in net.attn_processors.values()
+        if hasattr(p, "name")
+    }
+    assert names == {"unet", "controlnet0"}
+    seen = {}
+    real_call = type(rp.pipe).__call__
+    monkeypatch.setattr(
+        type(rp.pipe),
+        "__call__",
+        lambda self, *a, **kw: seen.update(kw) or real_call(self, *a, **kw),
+    )
+    frames = synthetic_frames(3, 64)
+    plain = refine_window(rp, frames, SETTINGS, OFF, state)
+    assert seen["control_mode"] == [1, 4]  # depth and normal in ControlNet-Union's numbering
+    temporal = refine_window(rp, frames, SETTINGS, ALL, state)
+    again = refine_window(rp, frames, SETTINGS, ALL, state)
+    np.testing.assert_array_equal(temporal[0], plain[0])  # the anchor is the same frame
+    assert np.abs(temporal[2] - plain[2]).max() > 1e-4
+    for a, b in zip(temporal, again):
+        np.testing.assert_array_equal(a, b)

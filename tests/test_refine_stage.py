@@ -83,7 +83,7 @@ def _ctx(tmp_path, refine, *, plate=True, force=False, frames=None):
     }
     shot = shot_from_dict(data, base_dir=tmp_path)
     run = RunDir(tmp_path / "run")
-    run.root.mkdir(exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     return StageContext(
         shot=shot, run=run, stage=Stage.REFINE, frames=frames or shot.frame_numbers(), force=force
     )
