@@ -371,6 +371,7 @@ class _PartCells:
     """What every cell of one part needs: the part as a Manifold, the seeds and the box."""
 
     manifold: Any
+    planes: np.ndarray | None  # (m, 4) outward face planes n.x <= d of a convex part, else None
     seeds: np.ndarray  # (n, 3)
     neighbours: list[np.ndarray]
     lo: np.ndarray  # (3,) enlarged bounding box
@@ -381,7 +382,10 @@ class _PartCells:
         lo, hi = part.mesh.bounds
         margin = 0.01 * float(np.linalg.norm(hi - lo)) + 1e-3
         nbrs = _neighbours(seeds) if len(seeds) > 1 else [np.zeros(0, np.int64)]
-        return cls(_to_manifold(part.mesh, part.name), seeds, nbrs, lo - margin, hi + margin)
+        man = _to_manifold(part.mesh, part.name)
+        convex = man.hull().volume() <= (1 + 1e-9) * man.volume()
+        planes = _face_planes(part.mesh) if convex else None
+        return cls(man, planes, seeds, nbrs, lo - margin, hi + margin)
 
     def bits(self, i: int) -> list[_Bit]:
         """The connected bits of the part inside seed ``i``'s Voronoi cell (thread-safe)."""
@@ -390,13 +394,61 @@ class _PartCells:
         pid = self.manifold.original_id()
         if len(self.seeds) <= 1:
             return _bits_of(self.manifold, pid)
-        cell = m3.Manifold.cube(self.hi - self.lo).translate(self.lo)
         s = self.seeds[i]
-        for j in self.neighbours[i]:
-            d = s - self.seeds[j]
-            nrm = d / np.linalg.norm(d)
-            cell = cell.trim_by_plane(nrm, float(nrm @ (s + self.seeds[j]) * 0.5))
+        nb = self.seeds[self.neighbours[i]]
+        nrm = nb - s
+        nrm /= np.linalg.norm(nrm, axis=1)[:, None]
+        off = np.einsum("ij,ij->i", nrm, 0.5 * (nb + s))  # cell: nrm . x <= off
+        if self.planes is not None:
+            bit = _convex_cell(self.planes, nrm, off, s)
+            if bit is not None:
+                return [bit]
+        cell = m3.Manifold.cube(self.hi - self.lo).translate(self.lo)
+        for n, d in zip(-nrm, -off):
+            cell = cell.trim_by_plane(n, float(d))
         return _bits_of(self.manifold ^ cell.as_original(), pid)
+
+
+def _face_planes(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(m, 4) distinct outward planes [n, d] (n.x = d) of a closed mesh's faces."""
+    n = np.asarray(mesh.face_normals, dtype=np.float64)
+    d = np.einsum("ij,ij->i", n, np.asarray(mesh.triangles)[:, 0])
+    planes = np.column_stack([n, d])
+    _, first = np.unique(np.round(planes / 1e-9), axis=0, return_index=True)
+    return planes[np.sort(first)]
+
+
+def _convex_cell(planes: np.ndarray, nrm: np.ndarray, off: np.ndarray, seed: np.ndarray):
+    """The Voronoi cell of ``seed`` in a convex part, straight from half-spaces (no boolean):
+    the part's face planes and the cell's bisectors (``nrm . x <= off``) intersected by qhull,
+    the corners hulled by manifold3d. Faces on a part plane are exterior, the others are cut
+    faces. None when qhull cannot (a seed on the part's surface): the caller falls back."""
+    import manifold3d as m3
+    from scipy.spatial import HalfspaceIntersection, QhullError
+
+    halfspaces = np.vstack(
+        [np.column_stack([planes[:, :3], -planes[:, 3]]), np.column_stack([nrm, -off])]
+    )
+    try:
+        corners = HalfspaceIntersection(halfspaces, seed).intersections
+    except QhullError:
+        return None
+    hull = m3.Manifold.hull_points(corners)
+    if hull.is_empty():
+        return None
+    mesh = hull.to_mesh64()
+    verts = np.array(mesh.vert_properties[:, :3], dtype=np.float64)
+    faces = np.asarray(mesh.tri_verts, dtype=np.int64)
+    tri = verts[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
+    centre = tri.mean(axis=1)
+    scale = float(np.ptp(verts, axis=0).max())
+    on_part = (
+        (n @ planes[:, :3].T > 1 - 1e-9)
+        & (np.abs(centre @ planes[:, :3].T - planes[:, 3]) <= 1e-9 * max(scale, 1.0))
+    ).any(axis=1)
+    return _Bit([hull], verts, faces, ~on_part)
 
 
 # ----------------------------------------------------------------------------- pieces
