@@ -817,9 +817,10 @@ def fracture_with_seeds(
 ) -> Scene:
     """The scene from given Voronoi seeds: ``seeds[k]`` ((n_k, 3), inside ``parts[k]``).
 
-    Cells and pieces run on ``threads`` threads (0 = one per CPU): manifold3d releases the
-    GIL, so cells overlap (measured 2.1 s -> 0.94 s for the default building on 2 cores).
-    Results are gathered in cell order, so the scene does not depend on the thread count.
+    Cells and pieces run on ``threads`` threads (0 = one per CPU): manifold3d and qhull
+    release the GIL, so their work overlaps; benchmarks/bench_fracture.py measures 1 thread
+    against all. Results are gathered in cell order, so the scene does not depend on the
+    thread count (a test checks it).
     """
     t0 = time.perf_counter()
     densities = {name: resolve(name, overrides).density for name in {p.material for p in parts}}
