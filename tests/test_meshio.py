@@ -216,3 +216,21 @@ def test_glb_scene_nodes_become_parts_with_their_transforms(tmp_path):
     assert by["Pillar_00"].material == "steel" and by["Cap_001_00"].material == "concrete"
     np.testing.assert_allclose(by["Cap_001_00"].mesh.bounds[:, 1], [1.0, 2.0], atol=1e-6)
     np.testing.assert_allclose(origin, [0.0, 0.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [(b"", "is empty"), (b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "NaN or infinite")],
+    ids=["empty", "nan"],
+)
+def test_cli_exits_2_with_one_line(tmp_path, capsys, content, words):
+    from destruct.cli import main
+
+    (tmp_path / "bad.obj").write_bytes(content)
+    (tmp_path / "shot.toml").write_text('[building]\nmesh = "bad.obj"\n[fracture]\npieces = 5\n')
+    shot, out = str(tmp_path / "shot.toml"), str(tmp_path / "o")
+    code = main(["run", shot, "--stages", "prepare", "--out", out, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in err
