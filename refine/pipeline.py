@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from destruct.errors import UserError
-from refine.models import check_safetensors, resolve
+from refine.models import MissingWeights, check_safetensors, resolve
 
 
 class Family(str, enum.Enum):
@@ -158,8 +158,14 @@ def load_pipeline(
         folder = resolve(union.pop(), cache_dir=cache_dir)
         check_safetensors(folder)
         net = ControlNetUnionModel.from_pretrained(folder, **kw)
+        extra = {}
+        vae_fix = _sdxl_fp16_vae(dtype, cache_dir)
+        if vae_fix is not None:
+            from diffusers import AutoencoderKL
+
+            extra["vae"] = AutoencoderKL.from_pretrained(vae_fix, **kw)
         pipe = StableDiffusionXLControlNetUnionImg2ImgPipeline.from_pretrained(
-            base, controlnet=net, **kw
+            base, controlnet=net, **extra, **kw
         )
 
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -171,6 +177,24 @@ def load_pipeline(
     else:
         pipe.to(dev)
     return RefinePipeline(pipe, family, list(controlnets), dev, dtype)
+
+
+#: SDXL's own VAE overflows in float16; this finetune does not (else the VAE runs in float32).
+SDXL_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+
+def _sdxl_fp16_vae(dtype: Any, cache_dir: str | os.PathLike | None) -> Path | None:
+    """The fp16-safe SDXL VAE's folder when running in float16 and it is in the cache."""
+    import torch
+
+    if dtype != torch.float16:
+        return None
+    try:
+        folder = resolve(SDXL_FP16_VAE, cache_dir=cache_dir)
+    except MissingWeights:
+        return None
+    check_safetensors(folder)
+    return folder
 
 
 def _to_tensor(image: np.ndarray, device: Any, dtype: Any = None) -> Any:
@@ -212,9 +236,13 @@ class RefinePipeline:
         return int(self.pipe.vae.config.latent_channels)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, h, w) of the latents of a ``height`` x ``width`` frame."""
         s = self.vae_scale_factor
         if height % s or width % s:
-            raise UserError(f"refine needs a resolution divisible by {s * 8}, got {width}x{height}")
+            raise UserError(
+                f"refine needs camera.resolution to be a multiple of {s} (the VAE's downscale), "
+                f"got {width}x{height}"
+            )
         return self.latent_channels, height // s, width // s
 
     def timesteps(self, steps: int, strength: float) -> list[int]:

@@ -199,7 +199,13 @@ def run_refine(ctx: Any) -> dict[str, Any]:
 
     specs = [ControlSpec(ControlKind(c.kind), c.model, float(c.scale)) for c in r.controlnets]
     try:
-        rp = load_pipeline(r.model, specs, device=getattr(r, "device", "auto"))
+        rp = load_pipeline(
+            r.model,
+            specs,
+            device=getattr(r, "device", "auto"),
+            cpu_offload=bool(getattr(r, "cpu_offload", False)),
+            vae_tiling=bool(getattr(r, "vae_tiling", False)),
+        )
     except MissingWeights as e:
         raise StageSkipped(f"no weights: {e.command}") from None
     state = install_cross_frame(rp.pipe)
