@@ -113,7 +113,7 @@ class World:
         seed: int = 0,
         *,
         threads: int = 0,
-        iterations: int = 4,
+        iterations: int = 8,
     ):
         backend_mod = _k()[0]
         try:

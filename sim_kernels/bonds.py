@@ -7,7 +7,8 @@ Bond tables, one row per bond in the order added:
     (ground: q_A * QREL = identity) (4), NRM bond normal in A's body frame, from A towards B (3),
     AREA [m^2], TEN / SHR / CMP strengths [Pa], DMG damage 0..1 (strengths scale by 1 - DMG),
     FACC force on A summed over the step's substeps [N] (3), TACC torque on A [N m] (3),
-    RATIO the last step's largest stress / strength (>= 1 breaks).
+    RATIO the largest stress / strength of the last step a body of the bond moved in (the bond
+    breaks when RATIO >= 1 - DMG).
 ``bdi: (B, NBDI) i32``  A, B (-1 = ground), BROKEN (0/1).
 
 Breaking follows the parallel-bond model of Potyondy & Cundall (2004): normal stress from
@@ -31,7 +32,7 @@ from sim_kernels.backend import (
     vec3,
     vec4,
 )
-from sim_kernels.bodies import IMPACT, Q, V, W, WAKE, w_pair
+from sim_kernels.bodies import IMPACT, Q, V, W, WAKE, movable, w_pair
 from sim_kernels.contacts import _attach
 
 RA, RB, QREL, NRM, AREA, TEN, SHR, CMP, DMG, FACC, TACC, RATIO = (
@@ -121,29 +122,30 @@ def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32):
         if bdi[k, BROKEN] == 0:
             a = bdi[k, A]
             b = bdi[k, B]
-            f = get3(bdf, k, FACC) / substeps
-            tq = get3(bdf, k, TACC) / substeps
-            n = quat_rotate(get4(bf, a, Q), get3(bdf, k, NRM))
+            if movable(bi, a) + movable(bi, b) > 0:  # else asleep: the last load still holds
+                f = get3(bdf, k, FACC) / substeps
+                tq = get3(bdf, k, TACC) / substeps
+                n = quat_rotate(get4(bf, a, Q), get3(bdf, k, NRM))
+                area = bdf[k, AREA]
+                s3 = area * ti.sqrt(area)
+                fn = f.dot(n)  # > 0: A is pulled towards B (tension)
+                fs = (f - fn * n).norm()
+                mt = ti.abs(tq.dot(n))
+                mb = (tq - tq.dot(n) * n).norm()
+                bend = 6.0 * mb / s3
+                sig_t = ti.max(fn, 0.0) / area + bend
+                sig_c = ti.max(-fn, 0.0) / area + bend
+                tau = fs / area + 4.2426 * mt / s3
+                bdf[k, RATIO] = ti.max(
+                    sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP]))
             area = bdf[k, AREA]
-            s3 = area * ti.sqrt(area)
-            fn = f.dot(n)  # > 0: A is pulled towards B (tension)
-            fs = (f - fn * n).norm()
-            mt = ti.abs(tq.dot(n))
-            mb = (tq - tq.dot(n) * n).norm()
-            bend = 6.0 * mb / s3
-            sig_t = ti.max(fn, 0.0) / area + bend
-            sig_c = ti.max(-fn, 0.0) / area + bend
-            tau = fs / area + 4.2426 * mt / s3
             impact = bf[a, IMPACT]
             if b >= 0:
                 impact = ti.max(impact, bf[b, IMPACT])
             dmg = bdf[k, DMG] + impact / (bdf[k, TEN] * area * IMPACT_TOUGHNESS_LENGTH)
             dmg = ti.min(dmg, 1.0)
             bdf[k, DMG] = dmg
-            ratio = ti.max(sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP]))
-            ratio = ratio / ti.max(1.0 - dmg, 1e-12)
-            bdf[k, RATIO] = ratio
-            if ratio >= 1.0 or dmg >= 1.0:
+            if bdf[k, RATIO] >= 1.0 - dmg or dmg >= 1.0:
                 bdi[k, BROKEN] = 1
                 bdf[k, DMG] = 1.0
                 bi[a, WAKE] = 1

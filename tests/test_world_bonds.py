@@ -1,0 +1,111 @@
+"""Glue bonds: they carry load and break on stress (tension, shear, compression, bending),
+with the analytic thresholds of strength x area (DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("taichi")
+
+from destruct.world import World  # noqa: E402
+
+FPS = 24
+G = 9.81
+AREA = 0.01  # m^2: a small glued patch, so strengths in Pa stay plausible
+STRONG = 1e12  # Pa: a limit that never governs
+
+
+def cube(h: float = 0.5) -> np.ndarray:
+    return np.array([[sx * h, sy * h, sz * h] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+
+
+def broken_after(w: World, seconds: float = 1.0) -> bool:
+    for _ in range(round(seconds * FPS)):
+        w.step(1 / FPS, 8)
+    return bool(w.bond_broken()[0])
+
+
+def hanging(load_over_capacity: float) -> World:
+    """A 1000 kg cube glued under a fixed cube: the bond carries its weight in tension."""
+    w = World(ground=False, backend="cpu")
+    top = w.add_body(cube(), position=(0, 2, 0), fixed=True)
+    low = w.add_body(cube(), density=1000.0, position=(0, 1, 0))
+    weight = 1000.0 * G
+    tensile = weight / load_over_capacity / AREA
+    w.add_bond(low, top, point=(0, 1.5, 0), normal=(0, 1, 0), area=AREA, tensile=tensile,
+               shear=STRONG, compressive=STRONG)
+    return w
+
+
+@pytest.mark.parametrize("ratio, breaks", [(0.9, False), (1.12, True)])
+def test_tension_holds_below_and_breaks_above_tensile_times_area(ratio, breaks):
+    w = hanging(ratio)
+    assert broken_after(w) is breaks
+    if not breaks:
+        assert abs(w.bond_stress_ratio()[0] - ratio) < 0.02
+        assert abs(w.positions()[1, 1] - 1.0) < 1e-3  # it hangs where it was glued
+    else:
+        assert w.positions()[1, 1] < 0.5  # and falls once broken
+
+
+def side_glued(load_over_capacity: float) -> World:
+    """A cube glued to the side of a fixed cube: its weight loads the bond in shear."""
+    w = World(ground=False, backend="cpu")
+    wall = w.add_body(cube(), position=(0, 1, 0), fixed=True)
+    side = w.add_body(cube(), density=1000.0, position=(1, 1, 0))
+    shear = 1000.0 * G / load_over_capacity / AREA
+    w.add_bond(side, wall, point=(0.5, 1, 0), normal=(-1, 0, 0), area=AREA, tensile=STRONG,
+               shear=shear, compressive=STRONG)
+    return w
+
+
+@pytest.mark.parametrize("ratio, breaks", [(0.9, False), (1.12, True)])
+def test_shear_holds_below_and_breaks_above_shear_times_area(ratio, breaks):
+    w = side_glued(ratio)
+    assert broken_after(w) is breaks
+    if not breaks:
+        assert abs(w.bond_stress_ratio()[0] - ratio) < 0.02
+
+
+def pressed(load_over_capacity: float) -> World:
+    """A cube glued on top of a fixed cube with a tiny tensile strength: its weight presses."""
+    w = World(ground=False, backend="cpu")
+    base = w.add_body(cube(), position=(0, 0, 0), fixed=True)
+    top = w.add_body(cube(), density=1000.0, position=(0, 1, 0))
+    compressive = 1000.0 * G / load_over_capacity / AREA
+    w.add_bond(top, base, point=(0, 0.5, 0), normal=(0, -1, 0), area=AREA, tensile=1.0,
+               shear=STRONG, compressive=compressive)
+    return w
+
+
+@pytest.mark.parametrize("ratio, breaks", [(0.9, False), (1.12, True)])
+def test_compression_with_tiny_tensile_strength(ratio, breaks):
+    w = pressed(ratio)
+    assert broken_after(w) is breaks
+    if not breaks:
+        assert abs(w.bond_stress_ratio()[0] - ratio) < 0.02
+
+
+def test_overloaded_cantilever_breaks_first_at_its_root():
+    """Six 600 kg segments glued end to end off a wall. The bending moment at bond k is
+    m g (sum of the arms beyond it): 18, 12.5, 8, 4.5, 2, 0.5 x m g [m], so with the root at
+    1.3x its tensile limit (6 M / s^3 with s = 0.5 m) the next bond sits at 0.9x."""
+    w = World(ground=False, backend="cpu")
+    wall = w.add_body(cube(), position=(0, 5, 0), fixed=True)
+    seg = np.array([[sx * 0.5, sy * 0.25, sz * 0.25] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    prev = wall
+    n = 6
+    for k in range(n):
+        b = w.add_body(seg, density=2400.0, position=(1.0 + k, 5, 0))
+        w.add_bond(b, prev, point=(0.5 + k, 5, 0), normal=(-1, 0, 0), area=0.25, tensile=3.9e6,
+                   shear=1e6, compressive=1e7)
+        prev = b
+    first: np.ndarray | None = None
+    for _ in range(48):
+        w.step(1 / FPS, 8)
+        new = w.new_breaks()
+        if len(new) and first is None:
+            first = new
+    assert first is not None, "the overloaded cantilever never broke"
+    assert first.tolist() == [0]  # the root bond, alone
