@@ -16,8 +16,7 @@ import numpy as np
 
 from destruct.errors import UserError
 from destruct.io import TMP_PREFIX, load_npz
-
-SIM_FORMAT = "destruct.sim/1"
+from destruct.render import SIM_FORMAT
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -75,7 +75,6 @@ class RenderSetup:
         pieces = load_npz(self.run_dir / "fracture" / "pieces.npz", PIECES_FORMAT)
         looks = material_looks(pieces["material_names"], shot.materials)
         self.mesh = PieceMesh(pieces, looks)
-        self.material_names = [str(n) for n in pieces["material_names"]]
         s = shot.shot
         self.frames_all = list(range(s.start_frame, s.start_frame + s.frames))
         ts = float(shot.sim.time_scale)

@@ -16,9 +16,6 @@ import numpy as np
 
 from destruct.render.raster import transform_vertices
 
-PIECES_FORMAT = "destruct.pieces/1"
-SIM_FORMAT = "destruct.sim/1"
-
 
 @dataclass
 class Look:
