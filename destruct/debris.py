@@ -63,6 +63,9 @@ TURBULENCE = 0.6  # curl-noise air speed scale [m/s]
 TAU_DRAG = 0.4  # dust velocity relaxation time [s]
 FADE_IN = 0.15  # dust opacity ramp at birth [s]
 V_SLEEP, SLEEP_TIME, V_WAKE, WAKE_TOL = 0.05, 0.5, 0.05, 1e-3  # [m/s], [s], [m/s], [m]
+#: Cell of the resting-rubble grid [m]: twice the largest contact distance (two of the largest
+#: bits, plus the wake tolerance), so a bit's neighbours lie in the 2 x 2 x 2 nearest cells.
+REST_CELL = 2 * (2 * 0.15 + 2 * WAKE_TOL)
 
 
 FLAT_PAD = 5e-4  # [m] half-thickness given to a flat (zero-volume) hull
@@ -459,6 +462,31 @@ class DebrisSystem:
         K.grid_sort(t, self._start, self._cell_hull)
         return True
 
+    def _build_rest_grid(self) -> tuple:
+        """Counting-sort the sleeping bits into the resting-rubble grid (kernel arguments)."""
+        K, ti = self._K, self._ti
+        used = self.live_rubble
+        t = 1 << max(6, math.ceil(math.log2(2 * used + 1)))
+        if t != getattr(self, "_rest_t", 0):
+            self._rest_count = ti.ndarray(ti.i32, t)
+            self._rest_count.fill(0)
+            self._rest_cursor = ti.ndarray(ti.i32, t)
+            self._rest_start = ti.ndarray(ti.i32, t + 1)
+            self._rest_t = t
+        if getattr(self, "_rest", None) is None or self._rest.shape[0] < used:
+            self._rest = ti.ndarray(ti.i32, max(used, 1))
+            self._rest_x = ti.ndarray(ti.f64, (max(used, 1), 4))
+        cell = REST_CELL
+        n = K.rest_count(self._rf, self._ri, used, t - 1, cell, self._rest_count)
+        K.grid_prefix(self._rest_count, t, self._rest_start)  # also zeroes the counts
+        if n:
+            self._rest_cursor.fill(0)
+            K.rest_fill(self._rf, self._ri, used, t - 1, cell, self._rest_start, self._rest_cursor,
+                        self._rest)
+            K.grid_sort(t, self._rest_start, self._rest)
+            K.rest_pack(self._rf, self._rest, n, self._rest_x)
+        return self._rest_start, self._rest, self._rest_x, t - 1, cell, int(n > 0)
+
     # ---- stepping ----
 
     def step(self, dt: float, substeps: int) -> None:
@@ -480,6 +508,7 @@ class DebrisSystem:
                 grid = (self._mat, self._ri, self._mat, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
             gx, gy, gz = self.gravity
             K.rubble_step(self._rf, self._ri, dt, substeps, gx, gy, gz, int(self.ground), *grid,
+                          *self._build_rest_grid(),
                           V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL,
                           self.live_rubble)
         if self._dust_serial:

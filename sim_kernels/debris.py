@@ -445,12 +445,15 @@ def rest_contact(rest_start: ti.template(), rest: ti.template(), rest_x: ti.temp
                  i, x, xp, r, mu, max_push, push: ti.template()):
     """A bit (slot i, centre x, radius r; xp at the start of the substep) against the resting
     bits: with ``push``, pushed out of each one it overlaps in turn by at most max_push [m],
-    with Coulomb friction (they do not move); returns the new centre and the last contact normal
-    (zero: no contact). Two bits that crossed in flight can overlap deeply when one falls asleep:
-    the cap lets them part at POP_SPEED instead of in one violent jump.
+    with Coulomb friction (they do not move). Returns the new centre, the last contact normal
+    (zero: no contact) and the largest upward component of the contact normals (-1: none; > 0:
+    something below holds the bit up). Two bits that crossed in flight can overlap deeply: the cap lets them
+    part at POP_SPEED instead of in one violent jump. (Two that fall asleep in the same step
+    inside each other stay so: waking them would not converge where one is wedged.)
     Cells are at least twice the largest contact distance, so the 2 x 2 x 2 cells nearest to x
     hold every bit it can touch."""
     n_last = vec3(0.0)
+    up = -1.0
     lo = cell_of(x - 0.5 * cell, cell)
     for di, dj, dk in ti.static(ti.ndrange(2, 2, 2)):
         b = cell_hash(lo + ti.Vector([di, dj, dk]), mask)
@@ -464,12 +467,13 @@ def rest_contact(rest_start: ti.template(), rest: ti.template(), rest_x: ti.temp
                     if dist > 1e-9:
                         n = d / dist
                     n_last = n
+                    up = ti.max(up, n[1])
                     if ti.static(push):
                         depth = ti.min(depth, max_push)
                         x += depth * n
                         dx = x - xp
                         x -= friction_correction(dx - dx.dot(n) * n, depth, mu)
-    return x, n_last
+    return x, n_last, up
 
 
 @ti.kernel
@@ -522,9 +526,9 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                                 if depth > 2.0 * tol or v_surf.norm() > v_wake:
                                     wake = 1
                 if has_rest == 1 and supported == 0:
-                    _, n = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, x, r + tol,
-                                        0.0, 0.0, False)
-                    if n.norm() > 0:
+                    _, _, up = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, x,
+                                            r + tol, 0.0, 0.0, False)
+                    if up > 0:  # a resting bit below it (one beside or above holds nothing up)
                         supported = 1
                 if wake == 1 or supported == 0:
                     ri[i, SLEEP] = 0
@@ -541,8 +545,8 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                     touch = 0
                     n_r = vec3(0.0)
                     if has_rest == 1:
-                        x, n_r = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, xp, r,
-                                              mu, POP_SPEED * h, True)
+                        x, n_r, _ = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, xp,
+                                                 r, mu, POP_SPEED * h, True)
                         if n_r.norm() > 0:
                             touch = 1
                     n_p = vec3(0.0)
