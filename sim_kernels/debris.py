@@ -3,9 +3,10 @@
 The host class :class:`destruct.debris.DebrisSystem` owns the tables and calls these kernels in
 order. Every random number is a counter-based hash of (seed, particle serial number, stream), so
 results never depend on thread scheduling: a particle's draws are the same whichever thread
-creates it. Particles are independent of each other (no float atomics), so every parallel loop
-is deterministic; the only atomics are integer counts in the collider grid, and each grid bucket
-is sorted afterwards.
+creates it. Within a step a moving bit only meets things whose path is known (hulls on interpolated poses,
+the ground, bits asleep since the step began), so every particle advances on its own (no float
+atomics) and every parallel loop is deterministic; the only atomics are integer counts in the
+grids, and each grid bucket is sorted afterwards.
 
 Tables (one row per particle slot; columns named below):
 
@@ -41,12 +42,14 @@ Colliders (the pieces' convex hulls; pieces push rubble, rubble does not push pi
                         LO / HI (3 each) the range of grid cells the hull was inserted into
 ``pp: (P, NPP) f64``    PX0 / PQ0 pose at the start of the step, PX1 / PQ1 at its end (the
                         substeps interpolate), PV velocity [m/s], PW angular velocity [rad/s]
+``hs: (H, 4) f64``      this step's swept bounding sphere of each hull: centre [m] (3), radius
 Dust air: ``modes: (3 * per, NMODE) f64`` curl-noise modes, ``per`` for each potential component:
 MK wave vector [1/m] (3), MPHASE [rad], MOMEGA drift [rad/s], MAMP amplitude [m^2/s].
-Grid: ``cell_start: (T + 1,) i32`` bucket offsets into ``cell_hull: (E,) i32``; T is a power of
-two; a cell (i, j, k) of edge ``cell`` [m] lives in bucket ``hash(i, j, k) & (T - 1)``.
+Grids: ``cell_start: (T + 1,) i32`` bucket offsets into ``cell_hull: (E,) i32``; T is a power of
+two; a cell (i, j, k) of edge ``cell`` [m] lives in bucket ``hash(i, j, k) & (T - 1)``. The
+resting-rubble grid is the same with ``rest: (S,) i32`` slots and ``rest_x: (S, 4) f64`` their
+centres [m] (3) and radii [m], copied at the start of the step.
 """
-
 
 import math
 
