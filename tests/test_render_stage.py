@@ -209,3 +209,18 @@ def test_plate_replaces_sky_and_ground(tmp_path):
     assert away.sum() > 2000  # no ground, no sky: the plate everywhere else
     np.testing.assert_allclose(rgb[away], np.tile(expect, (away.sum(), 1)), atol=2e-3)
     assert np.all(d["A"][bg] == 0) and np.all(d["A"][~bg] == 1)
+
+
+def test_plate_of_the_wrong_size_or_missing_is_a_user_error(tmp_path):
+    import imageio.v3 as iio
+
+    from destruct.errors import UserError
+    from destruct.render import load_plate
+
+    iio.imwrite(tmp_path / "bg.1001.png", np.zeros((40, 64, 3), np.uint8))
+    with pytest.raises(UserError, match="64x40"):
+        load_plate(str(tmp_path / "bg.####.png"), 1001, 64, 48)
+    with pytest.raises(UserError, match="missing"):
+        load_plate(str(tmp_path / "bg.####.png"), 1002, 64, 40)
+    lin = load_plate(str(tmp_path / "bg.####.png"), 1001, 64, 40)
+    assert lin.shape == (40, 64, 3) and lin.dtype == np.float32 and lin.max() == 0
