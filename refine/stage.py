@@ -169,11 +169,123 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return to_uint8(img)
 
 
+def shot_windows(shot: Any) -> list[tuple[int, ...]]:
+    """The shot's windows (over all its frames, so farm chunks agree); single frames when
+    every temporal method is off."""
+    from refine.temporal import plan_windows
+
+    t = shot.refine.temporal
+    frames = shot.frame_numbers()
+    if not (t.noise_warp or t.cross_frame or t.fusion):
+        return [(f,) for f in frames]
+    return plan_windows(frames, t.window, t.overlap)
+
+
+class WindowRefiner:
+    """One shot's loaded pipeline and window plan: refines windows into the cache
+    ``refine/.windows/<shot>.<first>-<last>.npz``. In-process for the stage, or one per GPU as
+    a Ray actor (:func:`refine_on_ray`). Raises ``refine.models.MissingWeights``."""
+
+    def __init__(self, shot: Any, run_dir: str | Path, *, force: bool = False):
+        from refine.pipeline import ControlKind, ControlSpec, load_pipeline
+        from refine.temporal import (
+            RefineSettings,
+            TemporalSettings,
+            install_cross_frame,
+        )
+
+        r = shot.refine
+        self.shot, self.run_dir, self.force = shot, Path(run_dir), force
+        specs = [ControlSpec(ControlKind(c.kind), c.model, float(c.scale)) for c in r.controlnets]
+        self.rp = load_pipeline(
+            r.model,
+            specs,
+            device=getattr(r, "device", "auto"),
+            cpu_offload=bool(getattr(r, "cpu_offload", False)),
+            vae_tiling=bool(getattr(r, "vae_tiling", False)),
+        )
+        self.state = install_cross_frame(self.rp.pipe)
+        t = r.temporal
+        self.temporal = TemporalSettings(t.noise_warp, t.cross_frame, t.fusion, t.window, t.overlap)
+        self.settings = RefineSettings(
+            r.prompt, r.negative_prompt, r.steps, r.strength, r.guidance, int(shot.shot.seed)
+        )
+        self.reader = PassReader(self.run_dir, shot.shot.name, [s.kind.value for s in specs])
+        self.windows = shot_windows(shot)
+
+    def cache_path(self, index: int) -> Path:
+        win = self.windows[index]
+        name = f"{self.shot.shot.name}.{win[0]:04d}-{win[-1]:04d}.npz"
+        return self.run_dir / "refine" / ".windows" / name
+
+    def images(self, index: int) -> dict[int, np.ndarray]:
+        """Window ``index``'s refined frames, from the cache when its key matches, else
+        refined now and cached."""
+        from refine.temporal import refine_window
+
+        win = self.windows[index]
+        cache = self.cache_path(index)
+        key = _window_key(self.shot.refine, self.settings.seed, self.reader.fingerprint(win))
+        if cache.is_file() and not self.force:
+            try:
+                d = load_npz(cache, WINDOW_FORMAT)
+                if str(d["key"]) == key:
+                    return {
+                        int(f): im.astype(np.float32) for f, im in zip(d["frames"], d["images"])
+                    }
+            except UserError:
+                pass  # unreadable or old cache: refine again
+        frames = _LazyFrames(self.reader, win)
+        # rounded to the cache's float16 also when fresh, so a resumed run writes the same bytes
+        imgs = [
+            im.astype(np.float16)
+            for im in refine_window(self.rp, frames, self.settings, self.temporal, self.state)
+        ]
+        save_npz(
+            cache,
+            WINDOW_FORMAT,
+            key=np.array(key),
+            frames=np.array(win, np.int64),
+            images=np.stack(imgs),
+        )
+        return {f: im.astype(np.float32) for f, im in zip(win, imgs)}
+
+    def refine(self, index: int) -> str:
+        """Make sure window ``index`` is cached; returns the cache path (for farm tasks)."""
+        self.images(index)
+        return str(self.cache_path(index))
+
+
+def refine_on_ray(
+    shot: Any,
+    run_dir: str | Path,
+    ray: Any,
+    *,
+    frames: Sequence[int] | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 1.0,
+    force: bool = False,
+) -> list[str]:
+    """Refine the windows holding ``frames`` (default: all) on a Ray cluster: ``actors``
+    actors each hold a pipeline (one per GPU with ``gpus_per_actor`` = 1) and take windows as
+    they free up. The windows land in the cache; the ``refine`` stage run afterwards only
+    cross-fades and writes the frames. Windows are independent, so the frames equal a
+    sequential run's. ``ray`` is the initialised module (``destruct.raycluster.connect``)."""
+    from refine.temporal import windows_for
+
+    refiner = ray.remote(num_gpus=gpus_per_actor)(WindowRefiner)
+    pool = ray.util.ActorPool(
+        [refiner.remote(shot, str(run_dir), force=force) for _ in range(actors)]
+    )
+    plan = shot.frame_numbers() if frames is None else list(frames)
+    needed = windows_for(plan, shot_windows(shot))
+    return list(pool.map(lambda actor, i: actor.refine.remote(i), needed))
+
+
 def run_refine(ctx: Any) -> dict[str, Any]:
     """Refine ``ctx.frames_todo()``; figures for the manifest. Raises StageSkipped without weights."""
     shot = ctx.shot
-    r = shot.refine
-    if not r.enabled:
+    if not shot.refine.enabled:
         raise StageSkipped("refine.enabled = false in the shot")
     todo = ctx.frames_todo()
     figures: dict[str, Any] = {"frames_refined": 0}
@@ -186,48 +298,19 @@ def run_refine(ctx: Any) -> dict[str, Any]:
         raise StageSkipped("no diffusion libraries: pip install 'destruct[refine]'") from None
 
     from refine.models import MissingWeights
-    from refine.pipeline import ControlKind, ControlSpec, load_pipeline
-    from refine.temporal import (
-        RefineSettings,
-        TemporalSettings,
-        blend_weights,
-        crossfade,
-        install_cross_frame,
-        plan_windows,
-        windows_for,
-    )
+    from refine.temporal import blend_weights, crossfade, windows_for
 
-    specs = [ControlSpec(ControlKind(c.kind), c.model, float(c.scale)) for c in r.controlnets]
     try:
-        rp = load_pipeline(
-            r.model,
-            specs,
-            device=getattr(r, "device", "auto"),
-            cpu_offload=bool(getattr(r, "cpu_offload", False)),
-            vae_tiling=bool(getattr(r, "vae_tiling", False)),
-        )
+        wr = WindowRefiner(shot, ctx.run_dir, force=ctx.force)
     except MissingWeights as e:
         raise StageSkipped(f"no weights: {e.command}") from None
-    state = install_cross_frame(rp.pipe)
-    t = r.temporal
-    temporal = TemporalSettings(t.noise_warp, t.cross_frame, t.fusion, t.window, t.overlap)
-    settings = RefineSettings(
-        r.prompt, r.negative_prompt, r.steps, r.strength, r.guidance, int(shot.shot.seed)
-    )
-    reader = PassReader(ctx.run_dir, shot.shot.name, [s.kind.value for s in specs])
-    all_frames = shot.frame_numbers()
-    windows = (
-        plan_windows(all_frames, t.window, t.overlap)
-        if temporal.any
-        else [(f,) for f in all_frames]
-    )
-    weights = blend_weights(windows)
-    needed = windows_for(todo, windows)
+    weights = blend_weights(wr.windows)
+    needed = windows_for(todo, wr.windows)
     figures.update(
-        family=rp.family.value,
-        device=str(rp.device),
+        family=wr.rp.family.value,
+        device=str(wr.rp.device),
         windows=len(needed),
-        method="temporal" if temporal.any else "per_frame",
+        method="temporal" if wr.temporal.any else "per_frame",
     )
 
     outputs: dict[int, dict[int, np.ndarray]] = {}
@@ -236,8 +319,8 @@ def run_refine(ctx: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     with ctx.progress(len(todo), "refine") as bar:
         for wi in needed:
-            win = windows[wi]
-            outputs[wi] = _window_images(ctx, rp, reader, win, settings, temporal, state, r)
+            win = wr.windows[wi]
+            outputs[wi] = wr.images(wi)
             ready = sorted(
                 f
                 for f in todo_set - emitted
@@ -245,7 +328,7 @@ def run_refine(ctx: Any) -> dict[str, Any]:
             )
             for f in ready:
                 img = crossfade(outputs, weights, f)
-                fr, alpha = reader.read(f)
+                fr, alpha = wr.reader.read(f)
                 plate = _plate_srgb(shot, f, img.shape[1], img.shape[0])
                 final = _composite(img, alpha, plate)
                 save_png(ctx.path("refine", f"{shot.shot.name}.{f:04d}.png"), _to_uint8(final))
@@ -263,45 +346,8 @@ def run_refine(ctx: Any) -> dict[str, Any]:
     figures[f"warping_error_{figures['method']}"] = metric.refined()
     probe = [f for f in sorted(todo)[:PROBE_FRAMES]]
     if len(probe) >= 2 and probe[-1] - probe[0] == len(probe) - 1:
-        figures["probe"] = _probe(rp, reader, probe, settings, temporal, state)
+        figures["probe"] = _probe(wr, probe)
     return figures
-
-
-def _window_images(
-    ctx: Any,
-    rp: Any,
-    reader: PassReader,
-    win: tuple[int, ...],
-    settings: Any,
-    temporal: Any,
-    state: Any,
-    r: Any,
-) -> dict[int, np.ndarray]:
-    """One window's refined frames, from the cache when its key matches, else refined now."""
-    from refine.temporal import refine_window
-
-    cache = ctx.path("refine", ".windows", f"{ctx.shot.shot.name}.{win[0]:04d}-{win[-1]:04d}.npz")
-    key = _window_key(r, settings.seed, reader.fingerprint(win))
-    if cache.is_file() and not ctx.force:
-        try:
-            d = load_npz(cache, WINDOW_FORMAT)
-            if str(d["key"]) == key:
-                return {int(f): im.astype(np.float32) for f, im in zip(d["frames"], d["images"])}
-        except UserError:
-            pass  # unreadable or old cache: refine again
-    # rounded to the cache's float16 also when fresh, so a resumed run writes the same bytes
-    imgs = [
-        im.astype(np.float16)
-        for im in refine_window(rp, _LazyFrames(reader, win), settings, temporal, state)
-    ]
-    save_npz(
-        cache,
-        WINDOW_FORMAT,
-        key=np.array(key),
-        frames=np.array(win, np.int64),
-        images=np.stack(imgs),
-    )
-    return {f: im.astype(np.float32) for f, im in zip(win, imgs)}
 
 
 def _plate_srgb(shot: Any, frame: int, width: int, height: int) -> np.ndarray | None:
@@ -348,14 +394,13 @@ class _PairErrors:
         return self._mean(self.errs_refined)
 
 
-def _probe(
-    rp: Any, reader: PassReader, frames: list[int], settings: Any, temporal: Any, state: Any
-) -> dict[str, Any]:
+def _probe(wr: WindowRefiner, frames: list[int]) -> dict[str, Any]:
     """Coarse, per-frame and temporal warping error on a few consecutive frames (one fresh window)."""
     from refine.metrics import warping_error
     from refine.temporal import TemporalSettings, refine_window
 
-    inputs = [reader.read(f)[0] for f in frames]
+    temporal = wr.temporal
+    inputs = [wr.reader.read(f)[0] for f in frames]
     mot, occ = [f.motion for f in inputs], [f.occlusion for f in inputs]
     off = TemporalSettings(False, False, False, temporal.window, temporal.overlap)
     on = (
@@ -363,8 +408,8 @@ def _probe(
         if temporal.any
         else TemporalSettings(window=temporal.window, overlap=temporal.overlap)
     )
-    per_frame = refine_window(rp, inputs, settings, off, state)
-    temp = refine_window(rp, inputs, settings, on, state)
+    per_frame = refine_window(wr.rp, inputs, wr.settings, off, wr.state)
+    temp = refine_window(wr.rp, inputs, wr.settings, on, wr.state)
     return {
         "frames": len(frames),
         "coarse": round(warping_error([f.beauty for f in inputs], mot, occ), 6),
