@@ -33,11 +33,27 @@ Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 VOLUME_TOL = 1e-9
 
 
-def points_inside(mesh: trimesh.Trimesh, points: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """(n,) bool: ``points`` ((n, 3)) inside the closed ``mesh``, by the generalised winding
-    number (Jacobson et al. 2013; robust to small defects, needs no ray library)."""
+#: Above this many point-triangle pairs, :func:`points_inside` casts rays through a grid
+#: instead of summing winding numbers over every triangle.
+WINDING_MAX_PAIRS = 20_000_000
+
+
+def points_inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(n,) bool: ``points`` ((n, 3)) inside the closed ``mesh``.
+
+    Few triangles x points: the generalised winding number (Jacobson et al. 2013), exact and
+    robust. Many (an imported high-poly mesh): the parity of +x rays through a (y, z) grid
+    of the triangles, O(points x triangles per cell); a point whose ray grazes an edge or
+    vertex exactly may be misjudged, which is harmless for its uses (seeds and sampling).
+    """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     tri = np.asarray(mesh.triangles, dtype=np.float64)
+    if len(points) * len(tri) <= WINDING_MAX_PAIRS:
+        return _winding_inside(tri, points)
+    return _ray_parity_inside(tri, points)
+
+
+def _winding_inside(tri: np.ndarray, points: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     out = np.zeros(len(points), dtype=bool)
     step = max(1, chunk // max(len(tri), 1))
     for s in range(0, len(points), step):
@@ -54,6 +70,50 @@ def points_inside(mesh: trimesh.Trimesh, points: np.ndarray, chunk: int = 1 << 2
         # each triangle subtends 2 * atan2(det, den) steradians; winding = sum / (4 pi)
         out[s : s + step] = np.arctan2(det, den).sum(axis=1) > np.pi
     return out
+
+
+def _ray_parity_inside(tri: np.ndarray, points: np.ndarray, cells: int = 64) -> np.ndarray:
+    """Crossings of the ray from each point along +x with the triangles, counted per (y, z)
+    grid cell (each triangle listed in every cell its (y, z) bounds touch)."""
+    yz = tri[:, :, 1:]
+    lo = np.minimum(yz.reshape(-1, 2).min(0), points[:, 1:].min(0))
+    size = np.maximum(np.maximum(yz.reshape(-1, 2).max(0), points[:, 1:].max(0)) - lo, 1e-12)
+    step = size / cells
+
+    def cell(v):
+        return np.clip(((v - lo) / step).astype(np.int64), 0, cells - 1)
+
+    c0, c1 = cell(yz.min(axis=1)), cell(yz.max(axis=1))
+    span = (c1 - c0 + 1).prod(axis=1)
+    t_of = np.repeat(np.arange(len(tri)), span)
+    k = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+    width = np.repeat(c1[:, 1] - c0[:, 1] + 1, span)
+    ty = np.repeat(c0[:, 0], span) + k // width
+    tz = np.repeat(c0[:, 1], span) + k % width
+    t_cell = ty * cells + tz
+    order = np.argsort(t_cell, kind="stable")
+    t_of, t_cell = t_of[order], t_cell[order]
+    pc = cell(points[:, 1:])
+    p_cell = pc[:, 0] * cells + pc[:, 1]
+    count = np.zeros(len(points), dtype=np.int64)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    for cid in np.unique(p_cell):
+        ts = t_of[np.searchsorted(t_cell, cid) : np.searchsorted(t_cell, cid, side="right")]
+        if len(ts) == 0:
+            continue
+        pi = np.flatnonzero(p_cell == cid)
+        py, pz = points[pi, 1:2], points[pi, 2:3]  # (m, 1)
+        ay, az, by, bz, cy, cz = a[ts, 1], a[ts, 2], b[ts, 1], b[ts, 2], c[ts, 1], c[ts, 2]
+        e0 = (by - ay) * (pz - az) - (bz - az) * (py - ay)
+        e1 = (cy - by) * (pz - bz) - (cz - bz) * (py - by)
+        e2 = (ay - cy) * (pz - cz) - (az - cz) * (py - cy)
+        hit = ((e0 > 0) & (e1 > 0) & (e2 > 0)) | ((e0 < 0) & (e1 < 0) & (e2 < 0))
+        # x where the ray meets the triangle's plane, from its barycentric weights
+        area = e0 + e1 + e2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = (e1 * a[ts, 0] + e2 * b[ts, 0] + e0 * c[ts, 0]) / area
+        count[pi] += (hit & (x > points[pi, 0:1])).sum(axis=1)
+    return count % 2 == 1
 
 
 def box_pairs(lo: np.ndarray, hi: np.ndarray, tol: float = 0.0) -> np.ndarray:

@@ -234,3 +234,17 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys, content, words):
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in err
+
+
+def test_ray_parity_agrees_with_the_winding_number():
+    from destruct.meshio import _ray_parity_inside, _winding_inside
+
+    outer = box_mesh((-1, 0, -1), (1, 2, 1))
+    inner = box_mesh((-0.5, 0.5, -0.5), (0.5, 1.5, 0.5))
+    inner.invert()
+    for mesh in (trimesh.util.concatenate([outer, inner]), trimesh.creation.icosphere(3)):
+        tri = np.asarray(mesh.triangles)
+        pts = np.random.default_rng(0).uniform(-1.2, 2.2, size=(3000, 3))
+        expect = _winding_inside(tri, pts)
+        assert 0.05 < expect.mean() < 0.95
+        np.testing.assert_array_equal(_ray_parity_inside(tri, pts), expect)
