@@ -17,10 +17,22 @@ from destruct.errors import UserError
 #: Pickle-based weight files that torch would have to unpickle to read: never loaded.
 PICKLED_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
-#: Files ``pull`` fetches: configs, tokenizer files and safetensors, never a repo's root-level
-#: single-file checkpoints (``v1-5-pruned.safetensors`` etc., several GB and not needed).
-_PIPELINE_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
-_SINGLE_MODEL_PATTERNS = ["config.json", "diffusion_pytorch_model*.safetensors"]
+#: Files ``pull`` fetches: configs, tokenizer files and the full-precision safetensors of the
+#: components refine loads; not a repo's root-level single-file checkpoints, fp16/EMA variants
+#: or the safety checker (several GB each and never loaded).
+_PIPELINE_PATTERNS = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer*/*.json",
+    "tokenizer*/*.txt",
+    "text_encoder*/config.json",
+    "text_encoder*/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+_SINGLE_MODEL_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 @dataclass(frozen=True)

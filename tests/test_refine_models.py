@@ -157,9 +157,8 @@ def test_pull_fetches_configs_and_safetensors_only(monkeypatch, tmp_path):
     assert [c[0] for c in calls] == [s.repo for s in models.RECOMMENDED["sd15"]]
     assert len(paths) == 4
     for _, kw in calls:
-        assert all(
-            "safetensors" in p or p.endswith((".json", ".txt")) for p in kw["allow_patterns"]
-        )
+        assert all(p.endswith((".safetensors", ".json", ".txt")) for p in kw["allow_patterns"])
+        assert not any("fp16" in p or "safety_checker" in p for p in kw["allow_patterns"])
         assert {"*.bin", "*.ckpt", "*.pt", "*.pth"} <= set(kw["ignore_patterns"])
         assert kw["cache_dir"] == str(tmp_path)
     with pytest.raises(UserError, match="recommended set"):
