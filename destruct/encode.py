@@ -36,14 +36,11 @@ def _beauty_frame(run_dir: Path, name: str, frame: int) -> np.ndarray | None:
     exr = run_dir / "passes" / f"{name}.{frame:04d}.exr"
     if exr.is_file():
         from destruct.render.exr import read_exr
-        from destruct.render.passes import linear_to_srgb
-        from refine.conditioning import to_uint8
+        from destruct.render.passes import linear_to_u8
 
         d = read_exr(exr)
         if "R" in d:
-            return to_uint8(
-                linear_to_srgb(np.stack([d[c] for c in "RGB"], axis=-1).astype(np.float32))
-            )
+            return linear_to_u8(np.stack([d[c] for c in "RGB"], axis=-1).astype(np.float32))
     return None
 
 

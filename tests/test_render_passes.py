@@ -157,3 +157,14 @@ def test_dust_only_in_alpha_seg_and_beauty(n_dust):
         assert p["alpha"][r.ids == 0].max() > 0.5 and (p["seg"] == 46).any()
     else:
         np.testing.assert_array_equal(p["alpha"], (r.ids > 0).astype(np.float32))
+
+
+def test_srgb_tables_round_trip_and_match_the_transfer_function():
+    from destruct.render.passes import linear_to_srgb, linear_to_u8, u8_to_linear
+
+    codes = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(linear_to_u8(u8_to_linear(codes)), codes)  # GL output survives
+    x = np.linspace(0, 1, 100001, dtype=np.float32)
+    exact = np.floor(linear_to_srgb(x) * 255 + 0.5)
+    assert np.abs(linear_to_u8(x).astype(int) - exact).max() <= 1
+    assert u8_to_linear(np.uint8(255)) == pytest.approx(1.0) and u8_to_linear(np.uint8(0)) == 0.0

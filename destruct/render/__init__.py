@@ -38,7 +38,7 @@ def load_plate(pattern: str, frame: int, width: int, height: int) -> np.ndarray:
     """The background plate of ``frame`` (``####`` = frame number) as scene-linear (h, w, 3)."""
     import imageio.v3 as iio
 
-    from destruct.render.passes import srgb_to_linear
+    from destruct.render.passes import srgb_to_linear, u8_to_linear
 
     path = Path(re.sub(r"#+", lambda m: f"{frame:0{len(m.group())}d}", pattern))
     if not path.is_file():
@@ -55,7 +55,7 @@ def load_plate(pattern: str, frame: int, width: int, height: int) -> np.ndarray:
             "resize the plates or set camera.resolution to match"
         )
     if img.dtype == np.uint8:
-        return srgb_to_linear(img / np.float32(255.0))
+        return u8_to_linear(img)
     if img.dtype == np.uint16:
         return srgb_to_linear(img / np.float32(65535.0))
     return img.astype(np.float32)  # float images (EXR) are scene-linear already
@@ -163,7 +163,7 @@ def write_frame(
 ) -> None:
     """The EXR and PNGs of one frame (each written atomically)."""
     from destruct.render.exr import write_exr
-    from destruct.render.passes import linear_to_srgb
+    from destruct.render.passes import linear_to_u8
     from refine.conditioning import depth_to_control, normal_to_control, seg_to_control, to_uint8
 
     stem = f"{shot_name}.{frame:04d}"
@@ -196,7 +196,7 @@ def write_frame(
         )
     if png:
         if "beauty" in passes:
-            save_png_fast(out_dir / "beauty" / f"{stem}.png", to_uint8(linear_to_srgb(p["beauty"])))
+            save_png_fast(out_dir / "beauty" / f"{stem}.png", linear_to_u8(p["beauty"]))
         if "depth" in passes:
             # one grey channel: a third of the bytes; image loaders expand it to RGB
             grey = to_uint8(depth_to_control(p["depth"], near, far)[..., 0])

@@ -50,13 +50,33 @@ def raster_frame(mesh: FrameMesh, bodies: Bodies, cam, ground: Ground) -> Raster
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded 0..1 -> scene-linear (IEC 61966-2-1)."""
     c = np.asarray(c, dtype=np.float32)
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Scene-linear -> sRGB-encoded 0..1 (clipped)."""
     c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
     return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+_U8_TO_LINEAR = srgb_to_linear(np.arange(256) / 255.0)
+_LINEAR16_TO_U8 = np.floor(linear_to_srgb(np.arange(65536) / 65535.0) * 255.0 + 0.5).astype(
+    np.uint8
+)
+
+
+def u8_to_linear(img: np.ndarray) -> np.ndarray:
+    """uint8 sRGB -> float32 scene-linear, by table."""
+    return _U8_TO_LINEAR[img]
+
+
+def linear_to_u8(img: np.ndarray) -> np.ndarray:
+    """Scene-linear -> uint8 sRGB through a 16-bit table (within one code of the exact
+    transfer: the table's step is 1/65535 in linear)."""
+    q = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0) * np.float32(65535.0)
+    return _LINEAR16_TO_U8[(q + np.float32(0.5)).astype(np.uint16)]
 
 
 def frame_passes(
@@ -122,7 +142,7 @@ def frame_passes(
     seg[a_dust > 0.5] = dust_class
     out["seg"] = seg
     if gl_rgba is not None:
-        lin = srgb_to_linear(gl_rgba[..., :3] / np.float32(255.0))
+        lin = u8_to_linear(gl_rgba[..., :3])
         if plate is not None:  # GL drew over black with coverage alpha: premultiplied
             cov = gl_rgba[..., 3:4] / np.float32(255.0)
             lin = lin + np.asarray(plate, dtype=np.float32) * (1.0 - cov)
@@ -138,6 +158,8 @@ __all__ = [
     "Raster",
     "frame_passes",
     "linear_to_srgb",
+    "linear_to_u8",
     "raster_frame",
     "srgb_to_linear",
+    "u8_to_linear",
 ]
