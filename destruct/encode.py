@@ -171,8 +171,8 @@ def glue_network(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Intact bonds at ``frame`` as image-space segments: (starts (n, 2), ends (n, 2), remaining
     strength (n,) 0..1), from piece centre to piece centre (or to the ground point)."""
-    from destruct.camera import camera_at
     from destruct.render.scene import quat_to_matrix
+    from destruct.usd import camera_frames
 
     bp, pp = run_dir / "fracture" / "bonds.npz", run_dir / "sim" / f"frame.{frame:04d}.npz"
     if not bp.is_file() or not pp.is_file():
@@ -193,8 +193,7 @@ def glue_network(
         i = pairs[ground, 0]
         local = bonds["points"][intact][ground] - pieces["com"][i]
         b[ground] = np.einsum("nij,nj->ni", quat_to_matrix(sim["rotation"][i]), local) + pos[i]
-    s = shot.shot
-    cam = camera_at(shot.camera, frame, s.start_frame, s.fps)
+    cam = camera_frames(shot, [frame])[frame]
     ua, da = cam.project(a)
     ub, db = cam.project(b)
     front = (da > 0) & (db > 0)

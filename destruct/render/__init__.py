@@ -65,9 +65,9 @@ class RenderSetup:
     """What every frame of a run shares: meshes, cameras, depth range, ground, body count."""
 
     def __init__(self, shot: Any, run_dir: Path):
-        from destruct.camera import camera_at, shake_events
         from destruct.render.passes import Ground
         from destruct.render.scene import PieceMesh, material_looks
+        from destruct.usd import camera_frames
         from refine.conditioning import bounds_corners, depth_range
 
         self.shot = shot
@@ -77,15 +77,8 @@ class RenderSetup:
         self.mesh = PieceMesh(pieces, looks)
         s = shot.shot
         self.frames_all = list(range(s.start_frame, s.start_frame + s.frames))
-        ts = float(shot.sim.time_scale)
-        charges = [
-            {"time": c.time / ts, "position": c.position, "impulse": c.impulse}
-            for c in shot.charges
-        ]
-        events = shake_events(charges, shot.camera.position)
-        self.cameras = {
-            f: camera_at(shot.camera, f, s.start_frame, s.fps, events) for f in self.frames_all
-        }
+        # the keyed, shaken shot camera, or the matchmoved USD camera when camera.usd is set
+        self.cameras = camera_frames(shot, self.frames_all)
         # bounds of everything that moves, over the whole simulation (every frame and farm chunk agree)
         lo, hi, max_rubble = np.full(3, np.inf), np.full(3, -np.inf), -1
         for f in self.frames_all:
