@@ -100,7 +100,7 @@ def sim_stats(run_dir: Path, frames: list[int]) -> dict[str, np.ndarray]:
             continue
         d = load_npz(p, SIM_FORMAT)
         out["frame"].append(f)
-        out["kinetic_energy"].append(float(d["kinetic_energy"]))
+        out["kinetic_energy"].append(float(d.get("kinetic_energy", np.nan)))
         out["bonds_broken"].append(int(np.count_nonzero(d["bond_broken"])))
         out["rubble"].append(len(d.get("rubble_id", ())))
         out["dust"].append(len(d.get("dust_position", ())))
@@ -183,7 +183,8 @@ def glue_network(
     pairs = bonds["pairs"][intact]
     if not len(pairs):
         return None
-    strength = 1.0 - sim["bond_damage"][intact].astype(np.float64)
+    damage = sim.get("bond_damage", np.zeros(len(intact), np.float32))
+    strength = 1.0 - damage[intact].astype(np.float64)
     pos = sim["position"].astype(np.float64)
     a = pos[pairs[:, 0]]
     ground = pairs[:, 1] < 0

@@ -224,3 +224,18 @@ def test_plate_of_the_wrong_size_or_missing_is_a_user_error(tmp_path):
         load_plate(str(tmp_path / "bg.####.png"), 1002, 64, 40)
     lin = load_plate(str(tmp_path / "bg.####.png"), 1001, 64, 40)
     assert lin.shape == (40, 64, 3) and lin.dtype == np.float32 and lin.max() == 0
+
+
+def test_sim_from_another_fracture_or_blown_up_is_a_user_error(tmp_path):
+    from destruct.errors import UserError
+    from destruct.render import RenderSetup
+    from destruct.shot import shot_from_dict
+
+    pc = box_pieces([[0.0, 0.5, 0.0], [2.0, 0.5, 0.0]], [[1.0, 1.0, 1.0]] * 2)
+    shot = shot_from_dict({"shot": {"name": "bad", "frames": 1}})
+    write_run(tmp_path, pc, {1001: sim_frame(1001, [[0.0, 0.5, 0.0]])})
+    with pytest.raises(UserError, match="another fracture"):
+        RenderSetup(shot, tmp_path)
+    write_run(tmp_path, pc, {1001: sim_frame(1001, [[0.0, np.nan, 0.0], [2.0, 0.5, 0.0]])})
+    with pytest.raises(UserError, match="not finite"):
+        RenderSetup(shot, tmp_path)

@@ -87,6 +87,15 @@ class RenderSetup:
                 raise UserError(f"{p} is missing: run the simulate stage first (--stages simulate)")
             d = load_npz(p, SIM_FORMAT)
             pos = d["position"].astype(np.float64)
+            if len(pos) != self.mesh.n_pieces:
+                raise UserError(
+                    f"{p} holds {len(pos)} pieces, fracture/pieces.npz {self.mesh.n_pieces}: the simulation "
+                    "is from another fracture; re-run simulate (--stages simulate --force)"
+                )
+            if not np.isfinite(pos).all():
+                raise UserError(
+                    f"{p}: piece positions are not finite (the simulation blew up); re-run simulate"
+                )
             lo = np.minimum(lo, (pos - self.mesh.radius[:, None]).min(axis=0))
             hi = np.maximum(hi, (pos + self.mesh.radius[:, None]).max(axis=0))
             if len(d.get("rubble_id", ())):
