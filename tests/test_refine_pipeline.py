@@ -48,7 +48,9 @@ def one_thread():
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_models")
     spec = save_tiny_set(root)
-    specs = [ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]]
+    specs = [
+        ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]
+    ]
     rp = load_pipeline(spec["model"], specs, device="cpu")
     return rp, install_cross_frame(rp.pipe)
 

@@ -170,7 +170,9 @@ def test_missing_weights_skip_the_stage_with_the_exact_command(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_windows_refined_on_a_local_ray_cluster_give_the_sequential_frames(models, tmp_path, monkeypatch):
+def test_windows_refined_on_a_local_ray_cluster_give_the_sequential_frames(
+    models, tmp_path, monkeypatch
+):
     from destruct.raycluster import connect
 
     table = _refine_table(models)
@@ -184,7 +186,9 @@ def test_windows_refined_on_a_local_ray_cluster_give_the_sequential_frames(model
     assert len(paths) == 2 and all(p.endswith(".npz") for p in paths)
     windows_refined = []
     real = refine_stage._LazyFrames
-    monkeypatch.setattr(refine_stage, "_LazyFrames", lambda r, w: windows_refined.append(w) or real(r, w))
+    monkeypatch.setattr(
+        refine_stage, "_LazyFrames", lambda r, w: windows_refined.append(w) or real(r, w)
+    )
     refine_stage.run_refine(farm)
     assert windows_refined == []  # the stage only cross-fades the farmed windows
     monkeypatch.undo()
@@ -193,4 +197,6 @@ def test_windows_refined_on_a_local_ray_cluster_give_the_sequential_frames(model
     refine_stage.run_refine(seq)
     for f in range(FIRST, FIRST + N):
         name = f"t.{f:04d}.png"
-        assert (farm.run_dir / "refine" / name).read_bytes() == (seq.run_dir / "refine" / name).read_bytes()
+        assert (farm.run_dir / "refine" / name).read_bytes() == (
+            seq.run_dir / "refine" / name
+        ).read_bytes()
