@@ -5,9 +5,11 @@ one-node-per-piece pyrender path, and the two ways to an exact id pass.
   merged-mesh GL beauty with shadows, the exact numba raster (depth, normal, id, seg), exact
   motion, back and occlusion, dust, and the EXR + four PNGs written per frame. Frames per second
   over a few frames after a warm-up frame (numba compile, GL context).
-- ``naive``: what the same frame costs with one pyrender node per piece (nodes share their
-  meshes, the best case for it): pose updates, the shaded render with shadows and a SEG render
-  for the ids. It writes nothing and has no motion, so the comparison flatters it.
+- ``naive``: the same frame with one pyrender node per piece (nodes share their meshes, the
+  best case for it): pose updates, the shaded render with shadows, a SEG render for the ids and
+  one for the seg classes, and the same files written. It has no normals and no motion (it
+  writes zeros there), so the comparison flatters it; ``naive_render_only_fps`` leaves out its
+  writes.
 - ``id_raster`` vs ``id_seg``: the exact id pass alone, by the numba rasteriser and by pyrender
   SEG mode (multisampling off, one node per piece), with the share of pixels where they agree.
 
@@ -121,23 +123,27 @@ def _shot(dims, frames: int):
     )
 
 
-def _naive(shot, meshes, frames, repeat: int) -> tuple[float, float, np.ndarray]:
-    """Seconds per frame of the one-node-per-piece path, of its SEG id render alone, and the
-    SEG id image of frame 0."""
+def _naive(shot, pieces, meshes, frames, repeat: int, out_dir: Path, setup) -> dict:
+    """The naive path per frame: one pyrender node per piece, its pose set each frame; a shaded
+    render with shadows (beauty and depth), a SEG render for the ids and one for the seg classes,
+    then the same files written as the render stage writes (normal, motion, back and occlusion
+    it cannot compute, so they are written as zeros, which also compress fastest). Returns
+    seconds per frame with and without the writes, of the id SEG render alone, and frame 0's
+    SEG ids."""
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     import pyrender
 
-    from destruct.camera import camera_at
-    from destruct.render.scene import quat_to_matrix
+    from destruct.camera import look_at_rotation
+    from destruct.render import write_frame
+    from destruct.render.passes import u8_to_linear
+    from destruct.render.scene import material_looks, quat_to_matrix
 
-    cam = camera_at(shot.camera, 1001, 1001, 24)
+    cam = setup.cameras[1001]
     scene = pyrender.Scene(ambient_light=(0.2, 0.2, 0.2))
     scene.add(
         pyrender.IntrinsicsCamera(cam.fx, cam.fy, cam.cx, cam.cy, 0.05, 2000.0), pose=cam.pose()
     )
     pose = np.eye(4)
-    from destruct.camera import look_at_rotation
-
     pose[:3, :3] = look_at_rotation([0.45, 0.8, 0.4], [0, 0, 0])
     scene.add(pyrender.DirectionalLight(intensity=3.0), pose=pose)
     cache: dict[int, object] = {}
@@ -147,12 +153,14 @@ def _naive(shot, meshes, frames, repeat: int) -> tuple[float, float, np.ndarray]
             cache[id(m)] = pyrender.Mesh.from_trimesh(m, smooth=False)
         nodes.append(scene.add(cache[id(m)]))
     ids = np.arange(1, len(nodes) + 1)
-    seg_map = {
-        nd: np.array([i & 255, (i >> 8) & 255, (i >> 16) & 255]) for nd, i in zip(nodes, ids)
-    }
+    id_map = {nd: np.array([i & 255, (i >> 8) & 255, (i >> 16) & 255]) for nd, i in zip(nodes, ids)}
+    cls = np.array([lk.ade20k for lk in material_looks(pieces["material_names"])])[
+        pieces["material"]
+    ]
+    seg_map = {nd: np.array([c, 0, 0]) for nd, c in zip(nodes, cls)}
     r = pyrender.OffscreenRenderer(W, H)
-    seg0 = None
-    t_total = t_seg = 0.0
+    out: dict = {"render": 0.0, "total": 0.0, "seg": 0.0}
+    zeros2 = np.zeros((H, W, 2), np.float32)
     for k in range(repeat + 1):
         pos, q = frames[k % len(frames)]
         t0 = time.perf_counter()
@@ -162,21 +170,50 @@ def _naive(shot, meshes, frames, repeat: int) -> tuple[float, float, np.ndarray]
             p[:3, :3] = rot[i]
             p[:3, 3] = pos[i]
             scene.set_pose(nd, p)
-        r.render(scene, flags=pyrender.RenderFlags.SHADOWS_DIRECTIONAL)
+        color, depth = r.render(scene, flags=pyrender.RenderFlags.SHADOWS_DIRECTIONAL)
         t1 = time.perf_counter()
-        seg, _ = r.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=seg_map)
+        idc, _ = r.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=id_map)
         t2 = time.perf_counter()
+        segc, _ = r.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=seg_map)
+        t3 = time.perf_counter()
+        id_img = (
+            idc[..., 0].astype(np.uint32)
+            | idc[..., 1].astype(np.uint32) << 8
+            | idc[..., 2].astype(np.uint32) << 16
+        )
+        passes = {
+            "beauty": u8_to_linear(color),
+            "alpha": (id_img > 0).astype(np.float32),
+            "depth": np.where(depth > 0, depth, np.inf).astype(np.float32),
+            "id": id_img,
+            "seg": np.where(id_img > 0, segc[..., 0], 2).astype(np.int64),
+            "normal": np.zeros((H, W, 3), np.float32),
+            "motion": zeros2,
+            "back": zeros2,
+            "occlusion": np.zeros((H, W), np.float32),
+        }
+        write_frame(
+            out_dir,
+            "naive",
+            1001 + k,
+            passes,
+            list(shot.render.passes),
+            exr=True,
+            png=True,
+            near=setup.near,
+            far=setup.far,
+            names=setup.names,
+            n_pieces=len(nodes),
+        )
+        t4 = time.perf_counter()
         if k == 0:
-            seg0 = (
-                seg[..., 0].astype(np.uint32)
-                | seg[..., 1].astype(np.uint32) << 8
-                | seg[..., 2].astype(np.uint32) << 16
-            )
+            out["ids"] = id_img
         else:
-            t_total += t2 - t0
-            t_seg += t2 - t1
+            out["render"] += (t3 - t0) / repeat
+            out["seg"] += (t2 - t1) / repeat
+            out["total"] += (t4 - t0) / repeat
     r.delete()
-    return t_total / repeat, t_seg / repeat, seg0
+    return out
 
 
 def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]:
@@ -222,20 +259,21 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
                     mesh, bodies, setup.cameras[1001], Ground()
                 )  # ids only: no ground
             t_raster = (time.perf_counter() - t0) / reps
-        naive, t_seg, seg = _naive(shot, meshes, frames, repeat=2 if quick else 3)
-        # the SEG render of the naive path is drawn from pyrender's own meshes: same geometry
-        agree = float(np.mean(seg == ras.ids))
-        tris = len(mesh.tri_body)
+            naive = _naive(
+                shot, pieces, meshes, frames, 2 if quick else 3, run_dir / "naive", setup
+            )
+        agree = float(np.mean(naive["ids"] == ras.ids))
         records.append(
             {
                 "name": "all_passes_720p",
                 "pieces": n,
-                "triangles": tris,
+                "triangles": len(mesh.tri_body),
                 "fps": round(1.0 / ours, 3),
-                "naive_fps": round(1.0 / naive, 3),
-                "speedup": round(naive / ours, 2),
+                "naive_fps": round(1.0 / naive["total"], 3),
+                "speedup": round(naive["total"] / ours, 2),
+                "naive_render_only_fps": round(1.0 / naive["render"], 3),
                 "id_raster_ms": round(1000 * t_raster, 1),
-                "id_seg_ms": round(1000 * t_seg, 1),
+                "id_seg_ms": round(1000 * naive["seg"], 1),
                 "id_seg_vs_raster_agree": round(agree, 5),
             }
         )
