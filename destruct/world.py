@@ -37,12 +37,7 @@ CONTACT_MARGIN = 0.005  # m: speculative contact distance added to one step of m
 
 def _k():
     """The kernel modules, imported on first use (they import Taichi)."""
-    import sim_kernels.bodies as bodies
-    import sim_kernels.bonds as bonds
-    import sim_kernels.broadphase as broadphase
-    import sim_kernels.contacts as contacts
-    import sim_kernels.solve as solve
-    from sim_kernels import backend
+    from sim_kernels import backend, bodies, bonds, broadphase, contacts, solve
 
     return backend, bodies, broadphase, contacts, bonds, solve
 
@@ -129,6 +124,7 @@ class World:
         self.iterations = int(iterations)
         self.time = 0.0
         self.steps = 0
+        self.injected_energy = 0.0  # [J] kinetic energy added by charges (for blow-up guards)
         _, bodies, _, _, bonds, _ = _k()
         self._bf = np.zeros((0, bodies.NBF))
         self._bi = np.zeros((0, bodies.NBI), dtype=np.int32)
@@ -139,6 +135,11 @@ class World:
         self._bdf = np.zeros((0, bonds.NBD))
         self._bdi = np.zeros((0, bonds.NBDI), dtype=np.int32)
         self._broken_seen = np.zeros(0, dtype=bool)
+        self._mass = np.zeros(0)
+        # rows added since the last flush (bulk adds stay O(n)): name -> list of arrays
+        self._pending: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi")}
+        self._nbody = self._nbond = self._nhv = self._nhp = 0
         self._dev: dict[str, Any] = {}
         self._host_fresh = True  # host tables hold the latest state
         self._upload = True  # host tables changed since the last upload
@@ -152,11 +153,11 @@ class World:
 
     @property
     def num_bodies(self) -> int:
-        return len(self._bi)
+        return self._nbody
 
     @property
     def num_bonds(self) -> int:
-        return len(self._bdi)
+        return self._nbond
 
     def add_body(
         self,
@@ -216,8 +217,7 @@ class World:
                 f"body position {tuple(pos)} / rotation {tuple(q)} must be finite, rotation non-zero"
             )
         q = q / np.linalg.norm(q)
-        self._pull()
-        idx = self.num_bodies
+        idx = self._nbody
         row = np.zeros(B.NBF)
         row[B.X : B.X + 3] = pos
         row[B.Q : B.Q + 4] = q
@@ -238,31 +238,22 @@ class World:
             centre = 0.5 * (v.min(0) + v.max(0))
             r = float(np.linalg.norm(v - centre, axis=1).max())
             radius = max(radius, float(np.linalg.norm(v, axis=1).max()))
-            self._si = np.vstack(
-                [
-                    self._si,
-                    [
-                        [
-                            idx,
-                            len(self._hv),
-                            len(self._hv) + len(v),
-                            len(self._hp),
-                            len(self._hp) + len(p),
-                        ]
-                    ],
-                ]
-            ).astype(np.int32)
-            self._sf = np.vstack([self._sf, [[*centre, r]]])
-            self._hv = np.vstack([self._hv, v])
-            self._hp = np.vstack([self._hp, p])
+            pend = self._pending
+            pend["si"].append(np.array([[idx, self._nhv, self._nhv + len(v), self._nhp,
+                                         self._nhp + len(p)]], dtype=np.int32))
+            pend["sf"].append(np.array([[*centre, r]]))
+            pend["hv"].append(v)
+            pend["hp"].append(p)
+            self._nhv += len(v)
+            self._nhp += len(p)
         row[B.RAD] = radius
         flags = B.FIXED if fixed else (B.KINEMATIC if kinematic else 0)
-        self._bf = np.vstack([self._bf, row[None]])
-        self._bi = np.vstack([self._bi, np.array([[flags, 0, 0, 0]], dtype=np.int32)])
+        self._pending["bf"].append(row[None])
+        self._pending["bi"].append(np.array([[flags, 0, 0, 0]], dtype=np.int32))
+        self._pending["mass"].append(np.array([m]))
+        self._nbody += 1
         self._geometry_changed = True
         self._upload = True
-        self.mass_of = getattr(self, "mass_of", {})
-        self._mass = np.append(getattr(self, "_mass", np.zeros(0)), m)
         return idx
 
     def add_bond(
@@ -284,7 +275,7 @@ class World:
         them (scaled down by accumulated damage).
         """
         _, _, _, _, BD, _ = _k()
-        self._pull()
+        self._pull()  # the bodies' poses
         n = self.num_bodies
         if not (0 <= a < n) or not (-1 <= b < n) or a == b:
             raise UserError(
@@ -315,12 +306,12 @@ class World:
         row[BD.NRM : BD.NRM + 3] = _qrot(_qconj(qa), nw)
         row[BD.AREA] = area
         row[BD.TEN], row[BD.SHR], row[BD.CMP] = tensile, shear, compressive
-        self._bdf = np.vstack([self._bdf, row[None]])
-        self._bdi = np.vstack([self._bdi, np.array([[a, b, 0]], dtype=np.int32)])
-        self._broken_seen = np.append(self._broken_seen, False)
+        self._pending["bdf"].append(row[None])
+        self._pending["bdi"].append(np.array([[a, b, 0]], dtype=np.int32))
+        self._nbond += 1
         self._geometry_changed = True
         self._upload = True
-        return self.num_bonds - 1
+        return self._nbond - 1
 
     # ---- stepping -----------------------------------------------------------------------------
 
@@ -335,7 +326,7 @@ class World:
             self.time += dt
             self.steps += 1
             return
-        backend, bodies, bp, contacts, bonds, solve = _k()
+        _, bodies, bp, contacts, bonds, solve = _k()
         self._push()
         d = self._dev
         bp.build_grid(
@@ -453,6 +444,7 @@ class World:
         """Upload host edits (reallocating the device tables when the world grew)."""
         if not self._upload:
             return
+        self._pull()
         backend, *_ = _k()
         d = self._dev
         ns = len(self._si)
@@ -491,16 +483,24 @@ class World:
         self._upload = False
 
     def _pull(self) -> None:
-        """Download the state after a step so the host tables are current."""
-        if self._host_fresh:
-            return
-        d = self._dev
-        self._bf = d["bf"].to_numpy()
-        self._bi = d["bi"].to_numpy()
-        if self.num_bonds:
-            self._bdf = d["bdf"].to_numpy()
-            self._bdi = d["bdi"].to_numpy()
-        self._host_fresh = True
+        """Make the host tables current: download after a step, append rows added since."""
+        if not self._host_fresh:
+            d = self._dev
+            self._bf = d["bf"].to_numpy()
+            self._bi = d["bi"].to_numpy()
+            if len(self._bdi):
+                self._bdf = d["bdf"].to_numpy()
+                self._bdi = d["bdi"].to_numpy()
+            self._host_fresh = True
+        pend = self._pending
+        if pend["bf"] or pend["bdf"]:
+            for name in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi"):
+                if pend[name]:
+                    attr = "_" + name
+                    setattr(self, attr, np.concatenate([getattr(self, attr), *pend[name]]))
+                    pend[name].clear()
+            self._broken_seen = np.concatenate(
+                [self._broken_seen, np.zeros(len(self._bdi) - len(self._broken_seen), dtype=bool)])
 
     def _edit(self) -> None:
         self._pull()
@@ -559,6 +559,7 @@ class World:
 
     def masses(self) -> np.ndarray:
         """(n,) f64 [kg]."""
+        self._pull()
         return self._mass.copy()
 
     def kinetic_energy(self) -> float:
@@ -613,10 +614,10 @@ class World:
         """An explosive charge: radial impulses with falloff, bonds inside the radius destroyed.
 
         A body whose centre is at distance r < radius gets ``impulse * (1 - r/radius)^2`` [N s]
-        away from the centre; every intact bond whose point lies inside the radius gets damage 1
-        (it breaks at the end of the next step). Returns counts of bodies pushed, bonds damaged.
+        away from the centre; every intact bond whose point lies inside the radius breaks now
+        (:meth:`new_breaks` reports them). Returns counts of bodies pushed and bonds broken.
         """
-        _, B, _, _, BD, _ = _k()
+        _, _, _, _, BD, _ = _k()
         self._edit()
         c = np.asarray(center, dtype=np.float64).reshape(3)
         x = self._bf[:, 0:3]
@@ -626,18 +627,22 @@ class World:
         dirs = d[hit] / np.maximum(r[hit], 1e-9)[:, None]
         dirs[r[hit] < 1e-9] = (0.0, 1.0, 0.0)
         mag = impulse * (1.0 - r[hit] / radius) ** 2
+        ke0 = self.kinetic_energy()
         self.apply_impulse(hit, dirs * mag[:, None])
+        self.injected_energy += max(self.kinetic_energy() - ke0, 0.0)
         pts = self.bond_points()
         inside = (np.linalg.norm(pts - c, axis=1) < radius) & (self._bdi[:, 2] == 0)
         self._bdf[inside, BD.DMG] = 1.0
+        self._bdi[inside, 2] = 1  # at once: a glued piece would otherwise absorb its impulse
         self.wake(self._bdi[inside, 0])
         self.wake(self._bdi[inside, 1][self._bdi[inside, 1] >= 0])
-        return {"bodies": int(len(hit)), "bonds": int(inside.sum())}
+        return {"bodies": len(hit), "bonds": int(inside.sum())}
 
     def weaken(self, lo: Sequence[float], hi: Sequence[float], amount: float) -> int:
         """Bonds whose point lies in the box [lo, hi] keep at most 1 - amount of their strength.
 
-        Returns how many intact bonds were weakened. amount = 1 breaks them at the next step.
+        Returns how many intact bonds were weakened; amount = 1 breaks them now. A weakened bond
+        breaks at a step's end when its stress ratio reaches 1 - amount.
         """
         _, _, _, _, BD, _ = _k()
         self._edit()
@@ -645,9 +650,20 @@ class World:
         inside = np.all((pts >= np.asarray(lo)) & (pts <= np.asarray(hi)), axis=1)
         inside &= (self._bdi[:, 2] == 0) & (self._bdf[:, BD.DMG] < amount)
         self._bdf[inside, BD.DMG] = amount
+        if amount >= 1.0:
+            self._bdi[inside, 2] = 1
         self.wake(self._bdi[inside, 0])
         self.wake(self._bdi[inside, 1][self._bdi[inside, 1] >= 0])
         return int(inside.sum())
+
+    def break_bonds(self, bonds: np.ndarray) -> None:
+        """Mark bonds broken now (e.g. ground bonds of a shot without anchor_to_ground)."""
+        _, _, _, _, BD, _ = _k()
+        self._edit()
+        bonds = np.asarray(bonds, dtype=np.int64).reshape(-1)
+        self._bdi[bonds, 2] = 1
+        self._bdf[bonds, BD.DMG] = 1.0
+        self._broken_seen[bonds] = True
 
     def bond_points(self) -> np.ndarray:
         """(B, 3) world position of each bond's attachment on its first body [m]."""
@@ -679,6 +695,7 @@ class World:
             "broken_seen": self._broken_seen.copy(),
             "time": np.float64(self.time),
             "steps": np.int64(self.steps),
+            "injected_energy": np.float64(self.injected_energy),
             "seed": np.int64(self.seed),
         }
 
@@ -703,6 +720,7 @@ class World:
         self._broken_seen = np.array(state["broken_seen"], dtype=bool)
         self.time = float(state["time"])
         self.steps = int(state["steps"])
+        self.injected_energy = float(state["injected_energy"])
         self._upload = True
 
 

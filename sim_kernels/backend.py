@@ -5,6 +5,9 @@ fork stays local to this file. Kernels take ``ti.ndarray`` arguments, never glob
 ndarray can be reallocated when a World grows without recompiling a kernel, and one compiled
 kernel serves every World in the process.
 
+Kernel code keeps guards that protect an index in nested ``if``s: Taichi evaluates both
+operands of ``and`` (no short-circuit), so ``i >= 0 and a[i] ...`` would read a[-1].
+
 Solver state is float64 (positions of a 30 m building at 1e-7 relative precision; caches are
 written as float32 by the host).
 """

@@ -7,7 +7,8 @@ Body tables (one row per body, columns named below):
     substep, INVM inverse mass [1/kg] (0 = immovable), INVI inverse inertia in the body frame
     [1/(kg m^2)] (9, row major), INER inertia in the body frame [kg m^2] (9), MU friction
     coefficient, REST restitution, IMPACT largest impact energy this step [J], RAD bounding
-    radius about the centre of mass [m].
+    radius about the centre of mass [m], TOUCH 1 when a constraint moved the body in the last
+    substep.
 ``bi: (n, NBI) i32``
     FLAGS (FIXED=1: never moves, KINEMATIC=2: moves with its velocity, ignores contacts),
     SLEEP (1 = asleep: treated as immovable until woken), CALM frames in a row below the sleep
@@ -34,8 +35,8 @@ from sim_kernels.backend import (
 )
 
 X, Q, V, W, XP, QP, VP, WP = 0, 3, 7, 10, 13, 16, 20, 23
-INVM, INVI, INER, MU, REST, IMPACT, RAD = 26, 27, 36, 45, 46, 47, 48
-NBF = 49
+INVM, INVI, INER, MU, REST, IMPACT, RAD, TOUCH = 26, 27, 36, 45, 46, 47, 48, 49
+NBF = 50
 FLAGS, SLEEP, CALM, WAKE = 0, 1, 2, 3
 NBI = 4
 FIXED, KINEMATIC = 1, 2
@@ -54,7 +55,7 @@ def get_m3(a: ti.template(), i, c: ti.template()) -> mat3:
 def movable(bi: ti.template(), i) -> ti.i32:
     """1 when body i takes part in the solve (dynamic and awake); i < 0 is the ground."""
     r = 0
-    if i >= 0:
+    if i >= 0:  # noqa: SIM102 - Taichi's `and` does not short-circuit: guard the index
         if bi[i, FLAGS] == 0 and bi[i, SLEEP] == 0:
             r = 1
     return r
@@ -124,6 +125,7 @@ def apply_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, p, angular, v
             else:
                 set3(bf, i, X, get3(bf, i, X) + sign * lin)
                 set4(bf, i, Q, quat_add_rotation(get4(bf, i, Q), sign * dth))
+                bf[i, TOUCH] = 1.0
 
 
 @ti.func
@@ -140,18 +142,20 @@ def integrate_body(bf: ti.template(), bi: ti.template(), i, h, g, first):
 
     Inside a step V holds the mid-substep velocity (Mueller et al. 2020 use v = dx/h), so
     the first substep turns the true velocity into the one half a substep earlier
-    (v - g h/2); :func:`end_step` turns it back. With that, free fall is exact
-    (x = x0 + v0 t + g t^2 / 2 at every substep) and a resting body has v = 0 exactly.
+    (v - g h/2); :func:`end_step` turns it back for bodies no constraint held. With that, free
+    fall is exact (x = x0 + v0 t + g t^2 / 2 at every substep) and a resting body has v = 0.
     """
     for c in ti.static(range(13)):
         bf[i, XP + c] = bf[i, X + c]  # X, Q, V, W -> XP, QP, VP, WP (contiguous)
+    held = bf[i, TOUCH]  # held by a constraint at the end of the last step: V is not converted
+    bf[i, TOUCH] = 0.0
     fl = bi[i, FLAGS]
     if fl == KINEMATIC:
         set3(bf, i, X, get3(bf, i, X) + h * get3(bf, i, V))
         set4(bf, i, Q, quat_add_rotation(get4(bf, i, Q), h * get3(bf, i, W)))
     elif fl == 0 and bi[i, SLEEP] == 0:
         v = get3(bf, i, V) + h * g
-        if first != 0:
+        if first != 0 and held == 0.0:
             v -= 0.5 * h * g
         set3(bf, i, V, v)
         set3(bf, i, X, get3(bf, i, X) + h * v)
@@ -202,6 +206,8 @@ def end_step(bf: F2, bi: I2, v_sleep: f64, calm_frames: ti.i32, h: f64, gx: f64,
                     bi[i, SLEEP] = 1
                     set3(bf, i, V, vec3(0.0))
                     set3(bf, i, W, vec3(0.0))
-                else:
+                elif bf[i, TOUCH] == 0.0:
+                    # free: the mid-substep velocity + g h/2 is the exact end velocity; a body
+                    # held by a constraint ends at the velocity the solve left (0 at rest)
                     set3(bf, i, V, get3(bf, i, V) + 0.5 * h * vec3(gx, gy, gz))
         bf[i, IMPACT] = 0.0

@@ -32,7 +32,7 @@ from sim_kernels.backend import (
     vec3,
     vec4,
 )
-from sim_kernels.bodies import IMPACT, Q, V, W, WAKE, movable, w_pair
+from sim_kernels.bodies import IMPACT, WAKE, Q, V, W, movable, w_pair
 from sim_kernels.contacts import _attach
 
 RA, RB, QREL, NRM, AREA, TEN, SHR, CMP, DMG, FACC, TACC, RATIO = (

@@ -13,7 +13,7 @@ Pairs: ``pairs: (P, 4) i32`` shape A, shape B (-1 = ground), contact count (narr
 
 
 from sim_kernels.backend import F2, I1, I2, f64, get3, get4, quat_rotate, set3, ti, vec3
-from sim_kernels.bodies import FIXED, FLAGS, RAD, SLEEP, V, W, X, Q
+from sim_kernels.bodies import FIXED, FLAGS, RAD, SLEEP, Q, V, W, X
 
 SB_R = 3
 
@@ -107,12 +107,12 @@ def _visit_pairs(
             if m < k and seen[m] == h:
                 dup = 1
         seen[k] = h
-        k += 1
+        k += 1  # noqa: SIM113 - a Taichi ndrange has no enumerate
         if dup == 0:
             for e in range(gstart[h], gstart[h + 1]):
                 o = gitems[e]
                 bo = si[o, 0]
-                if o > s and bo != b and (_static(bi, b) == 0 or _static(bi, bo) == 0):
+                if o > s and bo != b and (_static(bi, b) == 0 or _static(bi, bo) == 0):  # noqa: SIM102
                     if (get3(sb, o, 0) - cs).norm() < rs + sb[o, SB_R]:
                         if ti.static(write):
                             pairs[base + n, 0] = s

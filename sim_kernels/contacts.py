@@ -25,12 +25,12 @@ restitution.
 from sim_kernels.backend import F2, I2, f64, get3, get4, quat_conj, quat_rotate, set3, ti, vec3
 from sim_kernels.bodies import (
     MU,
+    QP,
     RAD,
     REST,
     VP,
     WP,
     XP,
-    QP,
     Q,
     V,
     W,

@@ -10,12 +10,32 @@ bodies share an intact bond is left to the bond.
 
 
 from sim_kernels.backend import F2, I1, I2, f64, get3, ti, vec3
-from sim_kernels.bodies import CALM, FLAGS, IMPACT, RAD, SLEEP, V, W, WAKE
-from sim_kernels.bodies import apply_pair, integrate_body, movable, update_body_velocity, w_pair
+from sim_kernels.bodies import (
+    CALM,
+    FLAGS,
+    IMPACT,
+    RAD,
+    SLEEP,
+    WAKE,
+    V,
+    W,
+    apply_pair,
+    integrate_body,
+    movable,
+    update_body_velocity,
+    w_pair,
+)
 from sim_kernels.bonds import BROKEN, FACC, TACC, bond_position_row, bond_velocity_row
-from sim_kernels.contacts import LAM, MAXC, PN_LAM, PN_LEFT, _mu, _pair_bodies
-from sim_kernels.contacts import contact_position_row
-from sim_kernels.contacts import contact_velocity_row
+from sim_kernels.contacts import (
+    LAM,
+    MAXC,
+    PN_LAM,
+    PN_LEFT,
+    _mu,
+    _pair_bodies,
+    contact_position_row,
+    contact_velocity_row,
+)
 
 CONTACT, BOND = 0, 1
 
@@ -23,7 +43,7 @@ CONTACT, BOND = 0, 1
 @ti.func
 def _dynamic(bi: ti.template(), b) -> ti.i32:
     r = 0
-    if b >= 0:
+    if b >= 0:  # noqa: SIM102 - Taichi's `and` does not short-circuit: guard the index
         if bi[b, FLAGS] == 0 and bi[b, SLEEP] == 0:
             r = 1
     return r

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("taichi")
 
-from destruct.world import World  # noqa: E402
+from destruct.world import World
 
 FPS = 24
 G = 9.81
@@ -109,3 +109,15 @@ def test_overloaded_cantilever_breaks_first_at_its_root():
             first = new
     assert first is not None, "the overloaded cantilever never broke"
     assert first.tolist() == [0]  # the root bond, alone
+
+
+def test_charge_impulse_falls_off_and_stops_at_its_radius():
+    w = World(gravity=(0, 0, 0), ground=False, backend="cpu")
+    for x in (0.5, 1.0, 2.0):
+        w.add_body(cube(0.1), density=1000.0, position=(x, 0, 0))
+    m = w.masses()[0]
+    w.apply_charge((0, 0, 0), radius=1.5, impulse=100.0)
+    v = w.velocities()
+    expected = [100.0 * (1 - r / 1.5) ** 2 / m for r in (0.5, 1.0)]
+    np.testing.assert_allclose(v[:2, 0], expected, rtol=1e-12)
+    assert v[2, 0] == 0.0 and np.abs(v[:, 1:]).max() == 0.0

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("taichi")
 
-from destruct.world import World  # noqa: E402
+from destruct.world import World
 
 FPS = 24
 G = 9.81
