@@ -169,16 +169,18 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return to_uint8(img)
 
 
-def shot_windows(shot: Any) -> list[tuple[int, ...]]:
-    """The shot's windows (over all its frames, so farm chunks agree); single frames when
-    every temporal method is off."""
-    from refine.temporal import plan_windows
+def _temporal_settings(shot: Any) -> Any:
+    from refine.temporal import TemporalSettings
 
     t = shot.refine.temporal
-    frames = shot.frame_numbers()
-    if not (t.noise_warp or t.cross_frame or t.fusion):
-        return [(f,) for f in frames]
-    return plan_windows(frames, t.window, t.overlap)
+    return TemporalSettings(t.noise_warp, t.cross_frame, t.fusion, t.window, t.overlap)
+
+
+def shot_windows(shot: Any) -> list[tuple[int, ...]]:
+    """The shot's windows, planned over all its frames so farm chunks agree."""
+    from refine.temporal import plan_for
+
+    return plan_for(shot.frame_numbers(), _temporal_settings(shot))
 
 
 class WindowRefiner:
@@ -190,7 +192,6 @@ class WindowRefiner:
         from refine.pipeline import ControlKind, ControlSpec, load_pipeline
         from refine.temporal import (
             RefineSettings,
-            TemporalSettings,
             install_cross_frame,
         )
 
@@ -205,8 +206,7 @@ class WindowRefiner:
             vae_tiling=bool(getattr(r, "vae_tiling", False)),
         )
         self.state = install_cross_frame(self.rp.pipe)
-        t = r.temporal
-        self.temporal = TemporalSettings(t.noise_warp, t.cross_frame, t.fusion, t.window, t.overlap)
+        self.temporal = _temporal_settings(shot)
         self.settings = RefineSettings(
             r.prompt, r.negative_prompt, r.steps, r.strength, r.guidance, int(shot.shot.seed)
         )

@@ -347,6 +347,14 @@ def plan_windows(frames: Sequence[int], window: int, overlap: int) -> list[tuple
             return out
 
 
+def plan_for(frames: Sequence[int], temporal: TemporalSettings) -> list[tuple[int, ...]]:
+    """:func:`plan_windows` with the shot's settings; single frames when every temporal method
+    is off (frames are then independent and overlaps would only refine them twice)."""
+    if not temporal.any:
+        return [(f,) for f in frames]
+    return plan_windows(frames, temporal.window, temporal.overlap)
+
+
 def blend_weights(windows: Sequence[tuple[int, ...]]) -> dict[int, list[tuple[int, float]]]:
     """For each frame, ``[(window index, weight), ...]`` summing to 1: linear cross-fade over
     the overlap of two consecutive windows (the later window's weight rises towards its end)."""
@@ -467,11 +475,7 @@ def refine_sequence(
     """Refine a whole sequence in windows (in ``order`` of window indices, default ascending)
     and cross-fade the overlaps. Returns ``{frame: image}``."""
     by_frame = {f.frame: f for f in frames}
-    windows = (
-        plan_windows(sorted(by_frame), temporal.window, temporal.overlap)
-        if temporal.any
-        else [(f,) for f in sorted(by_frame)]
-    )
+    windows = plan_for(sorted(by_frame), temporal)
     outputs: dict[int, dict[int, np.ndarray]] = {}
     for wi in order if order is not None else range(len(windows)):
         imgs = refine_window(
