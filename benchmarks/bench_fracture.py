@@ -36,7 +36,7 @@ def _case(shot, name: str, threads: int) -> dict:
 
 def run(quick: bool = False) -> list[dict]:
     """The bundled default shot's building (6 floors, 3 x 2 bays, windows), 800 pieces, with 1
-    thread and with all cores; quick: 200 pieces."""
+    thread and with all cores, and a high-poly imported mesh; quick: 200 pieces, no import."""
     import destruct.fracture  # noqa: F401  (imports are not part of the timed body)
     from destruct import default_shot_path, load_shot
 
@@ -47,7 +47,27 @@ def run(quick: bool = False) -> list[dict]:
     records = [_case(shot, "default_building", 1)]
     if cores > 1:
         records.append(_case(shot, "default_building", cores))
+    if not quick:
+        records.append(_imported_sphere(cores))
     return records
+
+
+def _imported_sphere(threads: int) -> dict:
+    """A high-poly import: an 81,920-triangle sphere (PLY), 100 pieces. Every cell is a
+    manifold3d boolean with the whole mesh (its cost grows with the triangle count)."""
+    import tempfile
+    from pathlib import Path
+
+    import trimesh
+
+    from destruct.shot import shot_from_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trimesh.creation.icosphere(subdivisions=6, radius=3.0).export(Path(tmp) / "ball.ply")
+        shot = shot_from_dict(
+            {"building": {"mesh": "ball.ply"}, "fracture": {"pieces": 100}}, Path(tmp)
+        )
+        return {**_case(shot, "imported_sphere_81920_tris", threads), "triangles": 81920}
 
 
 if __name__ == "__main__":

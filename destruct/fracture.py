@@ -54,6 +54,8 @@ MAX_PIECES = 100_000
 #: Seed-density factor near a charge: pieces within its radius are about this many times
 #: smaller in volume than elsewhere.
 CHARGE_DETAIL_FACTOR = 4.0
+#: Convex parts with at most this many face planes are cut by half-space intersection.
+HALFSPACE_MAX_PLANES = 256
 #: A piece is given a compound of hulls when its convex hull is this much larger than itself
 #: (hulls that bulge out of a piece overlap its neighbours' at rest).
 HULL_RATIO = 1.05
@@ -385,6 +387,8 @@ class _PartCells:
         man = _to_manifold(part.mesh, part.name)
         convex = man.hull().volume() <= (1 + 1e-9) * man.volume()
         planes = _face_planes(part.mesh) if convex else None
+        if planes is not None and len(planes) > HALFSPACE_MAX_PLANES:
+            planes = None  # a finely tessellated convex part (a sphere): booleans are faster
         return cls(man, planes, seeds, nbrs, lo - margin, hi + margin)
 
     def bits(self, i: int) -> list[_Bit]:
