@@ -108,8 +108,10 @@ def run(quick: bool = False) -> list[dict]:
         for kind in ("rubble", "dust"):
             code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
                     f"from benchmarks.bench_debris import _case; print(json.dumps(_case({kind!r}, {n})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 cwd=ROOT, check=True)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                                 check=False)
+            if out.returncode:
+                raise RuntimeError(f"debris benchmark {kind} {n} failed:\n{out.stderr[-2000:]}")
             records.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return records
 
