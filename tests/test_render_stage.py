@@ -7,7 +7,7 @@ import pytest
 from _render_synth import box_pieces, sim_frame, write_run
 
 from destruct.render.cryptomatte import crypto_hash, read_manifest
-from destruct.render.exr import read_exr, read_exr_header, write_exr
+from destruct.render.exr import CHANNELS, read_exr, read_exr_header, write_exr
 
 
 def test_exr_round_trip_is_exact(tmp_path):
@@ -98,24 +98,7 @@ def test_stage_writes_every_pass_and_records_frames(rendered):
 def test_exr_layers_ids_and_manifest(rendered):
     run, pc, _, _ = rendered
     d = read_exr(run / "passes" / "syn.1002.exr")
-    for ch in (
-        "R",
-        "G",
-        "B",
-        "A",
-        "depth.Z",
-        "N.X",
-        "N.Y",
-        "N.Z",
-        "motion.X",
-        "motion.Y",
-        "back.X",
-        "back.Y",
-        "occlusion.Y",
-        "id",
-        "CryptoObject00.R",
-        "CryptoObject02.A",
-    ):
+    for ch in (*CHANNELS, "CryptoObject00.R", "CryptoObject02.A"):
         assert ch in d, ch
     assert (
         d["R"].dtype == np.float16

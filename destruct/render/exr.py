@@ -22,6 +22,11 @@ from destruct.io import atomic_write_bytes
 #: Rec.709 / sRGB primaries and D65 white: red xy, green xy, blue xy, white xy.
 REC709_CHROMATICITIES = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
 _DTYPES = (np.float16, np.float32, np.uint32)
+#: The channels of a full render frame besides Cryptomatte (DESIGN.md section 3).
+# fmt: off
+CHANNELS = ("R", "G", "B", "A", "depth.Z", "N.X", "N.Y", "N.Z",
+            "motion.X", "motion.Y", "back.X", "back.Y", "occlusion.Y", "id")
+# fmt: on
 
 
 def write_exr(
