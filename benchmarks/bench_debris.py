@@ -40,16 +40,25 @@ def _case(kind: str, n: int) -> dict:
     rng = np.random.default_rng(0)
     pts = np.column_stack([rng.uniform(-30, 30, m), rng.uniform(1, 9, m), rng.uniform(-30, 30, m)])
     area = np.ones(m)
-    args = {"points": pts, "normals": np.tile([0.0, 1.0, 0.0], (m, 1)), "areas": area,
-                "energies": 100.0 * area, "vel_a": np.zeros((m, 3)), "vel_b": np.zeros((m, 3)),
-                "material": np.zeros(m, int), "time": 0.0}
+    args = {
+        "points": pts,
+        "normals": np.tile([0.0, 1.0, 0.0], (m, 1)),
+        "areas": area,
+        "energies": 100.0 * area,
+        "vel_a": np.zeros((m, 3)),
+        "vel_b": np.zeros((m, 3)),
+        "material": np.zeros(m, int),
+        "time": 0.0,
+    }
     t0 = time.perf_counter()
     if kind == "rubble":
         d = DebrisSystem(seed=0, max_rubble=n, max_dust=1, dust=False)
         g = np.arange(-28.5, 30, 3.0)
         cx, cz = np.meshgrid(g, g)
         pos = np.column_stack([cx.ravel(), np.full(cx.size, 0.75), cz.ravel()])
-        box = np.array([[x, y, z] for x in (-0.75, 0.75) for y in (-0.75, 0.75) for z in (-0.75, 0.75)])
+        box = np.array(
+            [[x, y, z] for x in (-0.75, 0.75) for y in (-0.75, 0.75) for z in (-0.75, 0.75)]
+        )
         hulls = hull_planes_from_points([box] * len(pos))
         zeros = np.zeros_like(pos)
         rot = np.tile([1.0, 0, 0, 0], (len(pos), 1))
@@ -94,8 +103,9 @@ def _warm_up() -> None:
 
     d = DebrisSystem(seed=0, max_rubble=10, max_dust=10)
     box = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-    d.set_colliders(hull_planes_from_points([box]), [0], [[0, 1, 0]], [[1, 0, 0, 0]], [[0, 0, 0]],
-                    [[0, 0, 0]])
+    d.set_colliders(
+        hull_planes_from_points([box]), [0], [[0, 1, 0]], [[1, 0, 0, 0]], [[0, 0, 0]], [[0, 0, 0]]
+    )
     d.emit_breaks([[0, 3, 0]], [[0, 1, 0]], [1.0], [100.0], [[0, 0, 0]], [[0, 0, 0]], [0], 5.0, 0.0)
     d.step(1 / FPS, SUBSTEPS)
     d.snapshot()
@@ -106,10 +116,13 @@ def run(quick: bool = False) -> list[dict]:
     records = []
     for n in QUICK_SIZES if quick else SIZES:
         for kind in ("rubble", "dust"):
-            code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-                    f"from benchmarks.bench_debris import _case; print(json.dumps(_case({kind!r}, {n})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                                 check=False)
+            code = (
+                f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+                f"from benchmarks.bench_debris import _case; print(json.dumps(_case({kind!r}, {n})))"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+            )
             if out.returncode:
                 raise RuntimeError(f"debris benchmark {kind} {n} failed:\n{out.stderr[-2000:]}")
             records.append(json.loads(out.stdout.strip().splitlines()[-1]))

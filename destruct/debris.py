@@ -69,7 +69,9 @@ REST_CELL = 2 * (2 * 0.15 + 2 * WAKE_TOL)
 
 
 FLAT_PAD = 5e-4  # [m] half-thickness given to a flat (zero-volume) hull
-_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+_CORNERS = np.array(
+    [[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
     else:
         pts = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
         off = np.asarray(offset, dtype=np.int64)
-        sets = [pts[off[h]:off[h + 1]] for h in range(len(off) - 1)]
+        sets = [pts[off[h] : off[h + 1]] for h in range(len(off) - 1)]
     planes, counts = [], []
     center = np.zeros((len(sets), 3))
     radius = np.zeros(len(sets))
@@ -129,8 +131,9 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
     )
 
 
-def break_inputs(pairs, points, areas, positions, velocities, angular_velocities,
-                 masses) -> dict[str, np.ndarray]:
+def break_inputs(
+    pairs, points, areas, positions, velocities, angular_velocities, masses
+) -> dict[str, np.ndarray]:
     """The velocity and energy arguments of :meth:`DebrisSystem.emit_breaks` for broken bonds.
 
     ``pairs`` (n, 2) piece indices (-1 in the second column: the ground); ``points`` (n, 3) the
@@ -201,10 +204,19 @@ class DebrisSystem:
     ``backend`` / ``threads``: as ``sim_kernels.backend.init`` (Taichi is set up once per process).
     """
 
-    def __init__(self, *, seed: int, max_rubble: int = 50_000, max_dust: int = 200_000,
-                 dust: bool = True, gravity=(0, -9.81, 0), ground: bool = True,
-                 backend: str = "cpu", threads: int = 0,
-                 materials: Sequence[Material] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        max_rubble: int = 50_000,
+        max_dust: int = 200_000,
+        dust: bool = True,
+        gravity=(0, -9.81, 0),
+        ground: bool = True,
+        backend: str = "cpu",
+        threads: int = 0,
+        materials: Sequence[Material] | None = None,
+    ) -> None:
         from sim_kernels import debris as K
         from sim_kernels.backend import init, ti
 
@@ -236,7 +248,8 @@ class DebrisSystem:
         # colliders
         self._hulls: HullPlanes | None = None
         self._hull_piece: np.ndarray | None = None
-        self._pose0: np.ndarray | None = None  # (P, 7) position + wxyz at the start of the next step
+        # (P, 7) position + wxyz of the pieces at the start of the next step, and at its end
+        self._pose0: np.ndarray | None = None
         self._pose1: np.ndarray | None = None
         self._vel: np.ndarray | None = None  # (P, 6) velocity + angular velocity
         self._grid_t = 0
@@ -274,7 +287,7 @@ class DebrisSystem:
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         kmag = 2 * np.pi / rng.uniform(3.0, 12.0, size=m)
         modes = np.zeros((m, K.NMODE))
-        modes[:, K.MK:K.MK + 3] = d * kmag[:, None]
+        modes[:, K.MK : K.MK + 3] = d * kmag[:, None]
         modes[:, K.MPHASE] = rng.uniform(0, 2 * np.pi, size=m)
         modes[:, K.MOMEGA] = rng.uniform(-0.5, 0.5, size=m) * kmag  # drift about 0.5 m/s
         # each mode adds amp * |k| to the air speed; sum of m modes in random phase ~ sqrt(m)
@@ -300,8 +313,18 @@ class DebrisSystem:
 
     # ---- emission ----
 
-    def emit_breaks(self, points, normals, areas, energies, vel_a, vel_b, material,
-                    per_break: float, time: float) -> None:
+    def emit_breaks(
+        self,
+        points,
+        normals,
+        areas,
+        energies,
+        vel_a,
+        vel_b,
+        material,
+        per_break: float,
+        time: float,
+    ) -> None:
         """Rubble and dust from n broken bonds.
 
         ``points``/``normals`` (n, 3): the bond faces' centroids [m] and unit normals; ``areas``
@@ -332,10 +355,10 @@ class DebrisSystem:
         lam = per_break * area * scale
         src = np.zeros((n, self._K.NSF))
         K = self._K
-        src[:, K.SP:K.SP + 3] = pts
+        src[:, K.SP : K.SP + 3] = pts
         norm = np.linalg.norm(nrm, axis=1, keepdims=True)
-        src[:, K.SN:K.SN + 3] = np.where(norm > 0, nrm / np.maximum(norm, 1e-12), [0.0, 1.0, 0.0])
-        src[:, K.SVEL:K.SVEL + 3] = vel
+        src[:, K.SN : K.SN + 3] = np.where(norm > 0, nrm / np.maximum(norm, 1e-12), [0.0, 1.0, 0.0])
+        src[:, K.SVEL : K.SVEL + 3] = vel
         src[:, K.SDISC] = np.sqrt(area / np.pi)
         src[:, K.SSPREAD] = np.minimum(SPREAD_K * self._spec[mat] * np.sqrt(scale), MAX_SPREAD)
         src[:, K.SRMAX] = np.clip(0.5 * np.sqrt(area), K.R_MIN, K.R_MAX)
@@ -346,8 +369,9 @@ class DebrisSystem:
         src[:, K.SDRISE] = DUST_RISE
         self._emit(src, mat, time)
 
-    def emit_burst(self, position, radius: float, impulse: float, time: float,
-                   material: int = 0) -> None:
+    def emit_burst(
+        self, position, radius: float, impulse: float, time: float, material: int = 0
+    ) -> None:
         """A charge's burst: rubble and dust thrown outwards from a ball of ``radius`` [m] around
         ``position`` [m]; count and speed grow with sqrt(impulse / IMPULSE_REF) ([N s])."""
         if not (radius > 0 and impulse >= 0 and math.isfinite(impulse)):
@@ -357,7 +381,7 @@ class DebrisSystem:
         K = self._K
         f = math.sqrt(impulse / IMPULSE_REF)
         src = np.zeros((1, K.NSF))
-        src[0, K.SP:K.SP + 3] = np.asarray(position, dtype=np.float64).reshape(3)
+        src[0, K.SP : K.SP + 3] = np.asarray(position, dtype=np.float64).reshape(3)
         src[0, K.SDISC] = 0.5 * radius
         src[0, K.SSPREAD] = min(BURST_SPEED * f, MAX_SPREAD)
         src[0, K.SRMAX] = K.R_MAX
@@ -380,26 +404,46 @@ class DebrisSystem:
         self._source_serial += n
         srci = srci_t.to_numpy()
         skips = []
-        for start, count, cap in ((K.RSTART, K.RCOUNT, self.max_rubble), (K.DSTART, K.DCOUNT, self.max_dust)):
+        for start, count, cap in (
+            (K.RSTART, K.RCOUNT, self.max_rubble),
+            (K.DSTART, K.DCOUNT, self.max_dust),
+        ):
             srci[:, start], srci[:, count], total, skip = _newest(srci[:, count], cap)
             skips.append((total, skip))
         srci_t.from_numpy(srci)
         (n_r, skip_r), (n_d, skip_d) = skips
         if n_r and self.max_rubble:
-            K.emit_rubble(src_t, srci_t, n, self._mat, self._seed32, self._rubble_serial + skip_r,
-                          float(time), self._rf, self._ri)
+            K.emit_rubble(
+                src_t,
+                srci_t,
+                n,
+                self._mat,
+                self._seed32,
+                self._rubble_serial + skip_r,
+                float(time),
+                self._rf,
+                self._ri,
+            )
             self._rubble_serial += n_r
         if n_d and self.max_dust:
-            K.emit_dust(src_t, srci_t, n, self._seed32, self._dust_serial + skip_d, float(time),
-                        self._df)
+            K.emit_dust(
+                src_t, srci_t, n, self._seed32, self._dust_serial + skip_d, float(time), self._df
+            )
             self._dust_serial += n_d
         self.peak_rubble = max(self.peak_rubble, self.live_rubble)
         self.peak_dust = max(self.peak_dust, self.live_dust)
 
     # ---- colliders ----
 
-    def set_colliders(self, hull_planes: HullPlanes, hull_piece, positions, rotations,
-                      velocities, angular_velocities) -> None:
+    def set_colliders(
+        self,
+        hull_planes: HullPlanes,
+        hull_piece,
+        positions,
+        rotations,
+        velocities,
+        angular_velocities,
+    ) -> None:
         """The pieces' hulls and their poses at the end of the coming step (centre of mass [m],
         wxyz, velocity [m/s], angular velocity [rad/s]). The substeps of :meth:`step` move the
         hulls from the previous call's poses to these (the first call: no motion)."""
@@ -410,7 +454,9 @@ class DebrisSystem:
         vel = _f3(velocities, p, "velocities")
         ang = _f3(angular_velocities, p, "angular_velocities")
         piece = np.asarray(hull_piece, dtype=np.int64).reshape(-1)
-        if len(piece) != hull_planes.count or (len(piece) and (piece.min() < 0 or piece.max() >= p)):
+        if len(piece) != hull_planes.count or (
+            len(piece) and (piece.min() < 0 or piece.max() >= p)
+        ):
             raise ValueError(f"hull_piece must be {hull_planes.count} piece ids in 0..{p - 1}")
         if hull_planes is not self._hulls or not np.array_equal(piece, self._hull_piece):
             hi = np.zeros((max(hull_planes.count, 1), K.NHI), dtype=np.int32)
@@ -437,9 +483,9 @@ class DebrisSystem:
             return False
         nh = self._hulls.count
         pp = np.zeros((len(self._pose1), K.NPP))
-        pp[:, K.PX0:K.PX0 + 3], pp[:, K.PQ0:K.PQ0 + 4] = self._pose0[:, :3], self._pose0[:, 3:]
-        pp[:, K.PX1:K.PX1 + 3], pp[:, K.PQ1:K.PQ1 + 4] = self._pose1[:, :3], self._pose1[:, 3:]
-        pp[:, K.PV:K.PV + 3], pp[:, K.PW:K.PW + 3] = self._vel[:, :3], self._vel[:, 3:]
+        pp[:, K.PX0 : K.PX0 + 3], pp[:, K.PQ0 : K.PQ0 + 4] = self._pose0[:, :3], self._pose0[:, 3:]
+        pp[:, K.PX1 : K.PX1 + 3], pp[:, K.PQ1 : K.PQ1 + 4] = self._pose1[:, :3], self._pose1[:, 3:]
+        pp[:, K.PV : K.PV + 3], pp[:, K.PW : K.PW + 3] = self._vel[:, :3], self._vel[:, 3:]
         self._pp = self._upload(pp)
         ncell = ti.ndarray(ti.i32, nh)
         if getattr(self, "_hs", None) is None or self._hs.shape[0] != nh:
@@ -481,8 +527,16 @@ class DebrisSystem:
         K.grid_prefix(self._rest_count, t, self._rest_start)  # also zeroes the counts
         if n:
             self._rest_cursor.fill(0)
-            K.rest_fill(self._rf, self._ri, used, t - 1, cell, self._rest_start, self._rest_cursor,
-                        self._rest)
+            K.rest_fill(
+                self._rf,
+                self._ri,
+                used,
+                t - 1,
+                cell,
+                self._rest_start,
+                self._rest_cursor,
+                self._rest,
+            )
             K.grid_sort(t, self._rest_start, self._rest)
             K.rest_pack(self._rf, self._rest, n, self._rest_x)
         return self._rest_start, self._rest, self._rest_x, t - 1, cell, int(n > 0)
@@ -500,20 +554,51 @@ class DebrisSystem:
         if self.live_rubble:
             has = self._build_grid()
             if has:
-                grid = (self._hp, self._hi, self._hs, self._pp, self._start, self._cell_hull,
-                        self._grid_t - 1, self._cell, 1)
+                grid = (
+                    self._hp,
+                    self._hi,
+                    self._hs,
+                    self._pp,
+                    self._start,
+                    self._cell_hull,
+                    self._grid_t - 1,
+                    self._cell,
+                    1,
+                )
             else:
                 dummy_i = self._ti.ndarray(self._ti.i32, 2)
                 dummy_i.fill(0)
                 grid = (self._mat, self._ri, self._mat, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
             gx, gy, gz = self.gravity
-            K.rubble_step(self._rf, self._ri, dt, substeps, gx, gy, gz, int(self.ground), *grid,
-                          *self._build_rest_grid(),
-                          V_SLEEP, max(1, math.ceil(SLEEP_TIME / dt)), V_WAKE, WAKE_TOL,
-                          self.live_rubble)
+            K.rubble_step(
+                self._rf,
+                self._ri,
+                dt,
+                substeps,
+                gx,
+                gy,
+                gz,
+                int(self.ground),
+                *grid,
+                *self._build_rest_grid(),
+                V_SLEEP,
+                max(1, math.ceil(SLEEP_TIME / dt)),
+                V_WAKE,
+                WAKE_TOL,
+                self.live_rubble,
+            )
         if self._dust_serial:
-            K.dust_step(self._df, dt, self.time + dt, self._modes, self._modes.shape[0] // 3, TAU_DRAG,
-                        0.5 * DUST_LIFE, int(self.ground), self._dust_used)
+            K.dust_step(
+                self._df,
+                dt,
+                self.time + dt,
+                self._modes,
+                self._modes.shape[0] // 3,
+                TAU_DRAG,
+                0.5 * DUST_LIFE,
+                int(self.ground),
+                self._dust_used,
+            )
         self.time += dt
         if self._pose1 is not None:
             self._pose0 = self._pose1
@@ -531,9 +616,9 @@ class DebrisSystem:
         r = rf[alive]
         out = {
             "rubble_id": np.nonzero(alive)[0].astype(np.int32),
-            "rubble_position": r[:, K.X:K.X + 3].astype(np.float32),
-            "rubble_rotation": r[:, K.Q:K.Q + 4].astype(np.float32),
-            "rubble_velocity": r[:, K.V:K.V + 3].astype(np.float32),
+            "rubble_position": r[:, K.X : K.X + 3].astype(np.float32),
+            "rubble_rotation": r[:, K.Q : K.Q + 4].astype(np.float32),
+            "rubble_velocity": r[:, K.V : K.V + 3].astype(np.float32),
             "rubble_radius": r[:, K.RAD].astype(np.float32),
             "rubble_material": ri[alive, K.MAT].astype(np.int32),
             "rubble_age": (self.time - r[:, K.BIRTH]).astype(np.float32),
@@ -544,9 +629,13 @@ class DebrisSystem:
         live = (life > 0) & (age >= 0) & (age < life)
         d, age, life = df[live], age[live], life[live]
         u = age / life
-        out["dust_position"] = d[:, K.DX:K.DX + 3].astype(np.float32)
-        out["dust_radius"] = (d[:, K.DR0] * (1 + (d[:, K.DGROW] - 1) * np.sqrt(u))).astype(np.float32)
-        out["dust_alpha"] = (d[:, K.DA0] * np.minimum(age / FADE_IN, 1.0) * (1 - u) ** 2).astype(np.float32)
+        out["dust_position"] = d[:, K.DX : K.DX + 3].astype(np.float32)
+        out["dust_radius"] = (d[:, K.DR0] * (1 + (d[:, K.DGROW] - 1) * np.sqrt(u))).astype(
+            np.float32
+        )
+        out["dust_alpha"] = (d[:, K.DA0] * np.minimum(age / FADE_IN, 1.0) * (1 - u) ** 2).astype(
+            np.float32
+        )
         out["dust_age"] = age.astype(np.float32)
         return out
 
@@ -571,9 +660,19 @@ class DebrisSystem:
             "debris_rubble_f": self._used(self._rf, self.live_rubble),
             "debris_rubble_i": self._used(self._ri, self.live_rubble),
             "debris_dust_f": self._used(self._df, self._dust_used),
-            "debris_counters": np.array([self._rubble_serial, self._dust_serial, self._source_serial,
-                                         self.peak_rubble, self.peak_dust, self.seed,
-                                         self.max_rubble, self.max_dust], dtype=np.int64),
+            "debris_counters": np.array(
+                [
+                    self._rubble_serial,
+                    self._dust_serial,
+                    self._source_serial,
+                    self.peak_rubble,
+                    self.peak_dust,
+                    self.seed,
+                    self.max_rubble,
+                    self.max_dust,
+                ],
+                dtype=np.int64,
+            ),
             "debris_time": np.array(self.time, dtype=np.float64),
             "debris_collider_pose": np.asarray(pose, dtype=np.float64),
         }
@@ -582,18 +681,28 @@ class DebrisSystem:
         """Restore :meth:`state` (written with the same caps and seed)."""
         c = np.asarray(d["debris_counters"], dtype=np.int64)
         if (int(c[6]), int(c[7])) != (self.max_rubble, self.max_dust):
-            raise ValueError(f"the debris checkpoint was written with particle caps {int(c[6])}, "
-                             f"{int(c[7])}; this DebrisSystem has {self.max_rubble}, {self.max_dust}")
+            raise ValueError(
+                f"the debris checkpoint was written with particle caps {int(c[6])}, "
+                f"{int(c[7])}; this DebrisSystem has {self.max_rubble}, {self.max_dust}"
+            )
         if int(c[5]) != self.seed:
-            raise ValueError(f"the debris checkpoint was written with seed {int(c[5])}, not {self.seed}")
-        for key, arr, dtype in (("debris_rubble_f", self._rf, np.float64),
-                                ("debris_rubble_i", self._ri, np.int32),
-                                ("debris_dust_f", self._df, np.float64)):
+            raise ValueError(
+                f"the debris checkpoint was written with seed {int(c[5])}, not {self.seed}"
+            )
+        for key, arr, dtype in (
+            ("debris_rubble_f", self._rf, np.float64),
+            ("debris_rubble_i", self._ri, np.int32),
+            ("debris_dust_f", self._df, np.float64),
+        ):
             rows = np.asarray(d[key], dtype=dtype)
             full = np.zeros(tuple(arr.shape), dtype=dtype)
             full[: len(rows)] = rows
             arr.from_numpy(full)
-        self._rubble_serial, self._dust_serial, self._source_serial = int(c[0]), int(c[1]), int(c[2])
+        self._rubble_serial, self._dust_serial, self._source_serial = (
+            int(c[0]),
+            int(c[1]),
+            int(c[2]),
+        )
         self.peak_rubble, self.peak_dust = int(c[3]), int(c[4])
         self.time = float(np.asarray(d["debris_time"]))
         pose = np.asarray(d["debris_collider_pose"], dtype=np.float64)

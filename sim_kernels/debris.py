@@ -77,7 +77,8 @@ ALIVE, SLEEP, CALM, MAT = 0, 1, 2, 3
 NRI = 4
 DX, DV, DBIRTH, DLIFE, DR0, DGROW, DA0, DRISE = 0, 3, 6, 7, 8, 9, 10, 11
 NDF = 12
-SP, SN, SVEL, SDISC, SSPREAD, SRMAX, SLAM, SLAMD, SDR0, SDLIFE, SDRISE = 0, 3, 6, 9, 10, 11, 12, 13, 14, 15, 16
+SP, SN, SVEL, SDISC, SSPREAD, SRMAX = 0, 3, 6, 9, 10, 11
+SLAM, SLAMD, SDR0, SDLIFE, SDRISE = 12, 13, 14, 15, 16
 NSF = 17
 SMAT, RSTART, RCOUNT, DSTART, DCOUNT = 0, 1, 2, 3, 4
 NSI = 5
@@ -88,7 +89,8 @@ PLANE0, NPLANE, PIECE, LO, HI = 0, 1, 2, 3, 6
 NHI = 9
 PX0, PQ0, PX1, PQ1, PV, PW = 0, 3, 7, 10, 14, 17
 NPP = 20
-MK, MPHASE, MOMEGA, MAMP = 0, 3, 4, 5  # curl-noise modes: wave vector [1/m] (3), phase, [rad/s], amplitude [m^2/s]
+# curl-noise modes: wave vector [1/m] (3), phase [rad], drift [rad/s], amplitude [m^2/s]
+MK, MPHASE, MOMEGA, MAMP = 0, 3, 4, 5
 NMODE = 6
 
 #: Rubble radius range [m] and the exponent D of the power-law size distribution
@@ -132,7 +134,9 @@ def gauss2(seed, serial, s0: ti.template(), s1: ti.template()):
 
 
 @ti.func
-def gauss3(seed, serial, s0: ti.template(), s1: ti.template(), s2: ti.template(), s3: ti.template()) -> vec3:
+def gauss3(
+    seed, serial, s0: ti.template(), s1: ti.template(), s2: ti.template(), s3: ti.template()
+) -> vec3:
     a = gauss2(seed, serial, s0, s1)
     b = gauss2(seed, serial, s2, s3)
     return vec3(a[0], a[1], b[0])
@@ -157,10 +161,14 @@ def draw_counts(src: F2, n: i32, seed: ti.u32, serial0: ti.i64, srci: I2):
     for s in range(n):
         lam = src[s, SLAM]
         k = ti.floor(lam)
-        srci[s, RCOUNT] = ti.cast(k, i32) + ti.select(rnd(seed, serial0 + s, _S_COUNT_R) < lam - k, 1, 0)
+        srci[s, RCOUNT] = ti.cast(k, i32) + ti.select(
+            rnd(seed, serial0 + s, _S_COUNT_R) < lam - k, 1, 0
+        )
         lamd = src[s, SLAMD]
         kd = ti.floor(lamd)
-        srci[s, DCOUNT] = ti.cast(kd, i32) + ti.select(rnd(seed, serial0 + s, _S_COUNT_D) < lamd - kd, 1, 0)
+        srci[s, DCOUNT] = ti.cast(kd, i32) + ti.select(
+            rnd(seed, serial0 + s, _S_COUNT_D) < lamd - kd, 1, 0
+        )
 
 
 @ti.func
@@ -188,8 +196,9 @@ def emit_offset(src: ti.template(), s, seed, serial, side):
 
 
 @ti.kernel
-def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i64, birth: f64,
-                rf: F2, ri: I2):
+def emit_rubble(
+    src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i64, birth: f64, rf: F2, ri: I2
+):
     """New rubble bits: serial = serial0 + RSTART + j goes to slot serial % capacity (the host
     trims a call to at most capacity bits, so no two writes race for a slot)."""
     cap = rf.shape[0]
@@ -214,7 +223,12 @@ def emit_rubble(src: F2, srci: I2, n: i32, mat: F2, seed: ti.u32, serial0: ti.i6
             a3 = 2.0 * math.pi * rnd(seed, serial, _S_Q2)
             s1 = ti.sqrt(1.0 - u1)
             s2 = ti.sqrt(u1)
-            set4(rf, slot, Q, vec4(s2 * ti.cos(a3), s1 * ti.sin(a2), s1 * ti.cos(a2), s2 * ti.sin(a3)))
+            set4(
+                rf,
+                slot,
+                Q,
+                vec4(s2 * ti.cos(a3), s1 * ti.sin(a2), s1 * ti.cos(a2), s2 * ti.sin(a3)),
+            )
             spin = ti.min(speed / r, 30.0) * 0.5
             set3(rf, slot, W, spin * gauss3(seed, serial, _S_W0, _S_W1, _S_W2, _S_W3))
             rf[slot, RAD] = r
@@ -254,8 +268,10 @@ def emit_dust(src: F2, srci: I2, n: i32, seed: ti.u32, serial0: ti.i64, birth: f
 @ti.func
 def cell_hash(c, mask):
     """Bucket of integer cell c (Teschner et al. 2003 primes), masked to the table size."""
-    h = (ti.cast(c[0], ti.u32) * ti.u32(73856093)) ^ (ti.cast(c[1], ti.u32) * ti.u32(19349663)) ^ (
-        ti.cast(c[2], ti.u32) * ti.u32(83492791)
+    h = (
+        (ti.cast(c[0], ti.u32) * ti.u32(73856093))
+        ^ (ti.cast(c[1], ti.u32) * ti.u32(19349663))
+        ^ (ti.cast(c[2], ti.u32) * ti.u32(83492791))
     )
     return ti.cast(h & ti.cast(mask, ti.u32), i32)
 
@@ -309,8 +325,11 @@ def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I
 @ti.kernel
 def grid_count(hi: I2, nh: i32, mask: i32, count: I1):
     for h in range(nh):
-        for i, j, k in ti.ndrange((hi[h, LO], hi[h, HI] + 1), (hi[h, LO + 1], hi[h, HI + 1] + 1),
-                                  (hi[h, LO + 2], hi[h, HI + 2] + 1)):
+        for i, j, k in ti.ndrange(
+            (hi[h, LO], hi[h, HI] + 1),
+            (hi[h, LO + 1], hi[h, HI + 1] + 1),
+            (hi[h, LO + 2], hi[h, HI + 2] + 1),
+        ):
             ti.atomic_add(count[cell_hash(ti.Vector([i, j, k]), mask)], 1)
 
 
@@ -329,8 +348,11 @@ def grid_prefix(count: I1, t: i32, start: I1):
 @ti.kernel
 def grid_fill(hi: I2, nh: i32, mask: i32, start: I1, cursor: I1, cell_hull: I1):
     for h in range(nh):
-        for i, j, k in ti.ndrange((hi[h, LO], hi[h, HI] + 1), (hi[h, LO + 1], hi[h, HI + 1] + 1),
-                                  (hi[h, LO + 2], hi[h, HI + 2] + 1)):
+        for i, j, k in ti.ndrange(
+            (hi[h, LO], hi[h, HI] + 1),
+            (hi[h, LO + 1], hi[h, HI + 1] + 1),
+            (hi[h, LO + 2], hi[h, HI + 2] + 1),
+        ):
             b = cell_hash(ti.Vector([i, j, k]), mask)
             cell_hull[start[b] + ti.atomic_add(cursor[b], 1)] = h
 
@@ -433,7 +455,9 @@ def piece_contact(hp: ti.template(), hi: ti.template(), pp: ti.template(), hh, x
     moved = vec3(0.0)
     if depth > 0:
         n = quat_rotate(q, vec3(hp[kp, 0], hp[kp, 1], hp[kp, 2]))
-        moved = (c + quat_rotate(q, xl)) - (piece_x(pp, p, a_prev) + quat_rotate(piece_q(pp, p, a_prev), xl))
+        moved = (c + quat_rotate(q, xl)) - (
+            piece_x(pp, p, a_prev) + quat_rotate(piece_q(pp, p, a_prev), xl)
+        )
     return depth, n, moved
 
 
@@ -444,8 +468,20 @@ def near(hs: ti.template(), hh, x) -> i32:
 
 
 @ti.func
-def rest_contact(rest_start: ti.template(), rest: ti.template(), rest_x: ti.template(), mask, cell,
-                 i, x, xp, r, mu, max_push, push: ti.template()):
+def rest_contact(
+    rest_start: ti.template(),
+    rest: ti.template(),
+    rest_x: ti.template(),
+    mask,
+    cell,
+    i,
+    x,
+    xp,
+    r,
+    mu,
+    max_push,
+    push: ti.template(),
+):
     """A bit (slot i, centre x, radius r; xp at the start of the substep) against the resting
     bits: with ``push``, pushed out of each one it overlaps in turn by at most max_push [m],
     with Coulomb friction (they do not move). Returns the new centre, the last contact normal
@@ -480,10 +516,36 @@ def rest_contact(rest_start: ti.template(), rest: ti.template(), rest_x: ti.temp
 
 
 @ti.kernel
-def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f64, ground: i32,
-                hp: F2, hi: I2, hs: F2, pp: F2, start: I1, cell_hull: I1, mask: i32, cell: f64,
-                has_grid: i32, rest_start: I1, rest: I1, rest_x: F2, rest_mask: i32, rest_cell: f64,
-                has_rest: i32, v_sleep: f64, calm_steps: i32, v_wake: f64, tol: f64, used: i32):
+def rubble_step(
+    rf: F2,
+    ri: I2,
+    dt: f64,
+    substeps: i32,
+    gx: f64,
+    gy: f64,
+    gz: f64,
+    ground: i32,
+    hp: F2,
+    hi: I2,
+    hs: F2,
+    pp: F2,
+    start: I1,
+    cell_hull: I1,
+    mask: i32,
+    cell: f64,
+    has_grid: i32,
+    rest_start: I1,
+    rest: I1,
+    rest_x: F2,
+    rest_mask: i32,
+    rest_cell: f64,
+    has_rest: i32,
+    v_sleep: f64,
+    calm_steps: i32,
+    v_wake: f64,
+    tol: f64,
+    used: i32,
+):
     """One step of dt for every rubble bit, all substeps in one pass: within a step a moving bit
     meets only things whose path is known, so bits need no synchronisation: the hulls (poses
     interpolated from the step's start to its end), the ground, and the bits that were asleep
@@ -525,12 +587,26 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                             if depth > 0:
                                 supported = 1
                                 p = hi[hh, PIECE]
-                                v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(x - get3(pp, p, PX1))
+                                v_surf = get3(pp, p, PV) + get3(pp, p, PW).cross(
+                                    x - get3(pp, p, PX1)
+                                )
                                 if depth > 2.0 * tol or v_surf.norm() > v_wake:
                                     wake = 1
                 if has_rest == 1 and supported == 0:
-                    _, _, up = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, x,
-                                            r + tol, 0.0, 0.0, False)
+                    _, _, up = rest_contact(
+                        rest_start,
+                        rest,
+                        rest_x,
+                        rest_mask,
+                        rest_cell,
+                        i,
+                        x,
+                        x,
+                        r + tol,
+                        0.0,
+                        0.0,
+                        False,
+                    )
                     if up > 0:  # a resting bit below it (one beside or above holds nothing up)
                         supported = 1
                 if wake == 1 or supported == 0:
@@ -548,8 +624,20 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                     touch = 0
                     n_r = vec3(0.0)
                     if has_rest == 1:
-                        x, n_r, _ = rest_contact(rest_start, rest, rest_x, rest_mask, rest_cell, i, x, xp,
-                                                 r, mu, POP_SPEED * h, True)
+                        x, n_r, _ = rest_contact(
+                            rest_start,
+                            rest,
+                            rest_x,
+                            rest_mask,
+                            rest_cell,
+                            i,
+                            x,
+                            xp,
+                            r,
+                            mu,
+                            POP_SPEED * h,
+                            True,
+                        )
                         if n_r.norm() > 0:
                             touch = 1
                     n_p = vec3(0.0)
@@ -561,7 +649,9 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                             hh = cell_hull[e]
                             if near(hs, hh, x) == 1:
                                 a = (k + 1.0) / substeps
-                                depth, n, moved = piece_contact(hp, hi, pp, hh, x, r, a, k * 1.0 / substeps)
+                                depth, n, moved = piece_contact(
+                                    hp, hi, pp, hh, x, r, a, k * 1.0 / substeps
+                                )
                                 if depth > 0:
                                     x += depth * n
                                     dx = (x - xp) - moved
@@ -590,7 +680,9 @@ def rubble_step(rf: F2, ri: I2, dt: f64, substeps: i32, gx: f64, gy: f64, gz: f6
                             n_c = n_r
                             v_c = vec3(0.0)
                         if gn == 1:
-                            v = normal_velocity(v, vfree, vec3(0.0), vec3(0.0, 1.0, 0.0), e_rest, v_bounce)
+                            v = normal_velocity(
+                                v, vfree, vec3(0.0), vec3(0.0, 1.0, 0.0), e_rest, v_bounce
+                            )
                             n_c = vec3(0.0, 1.0, 0.0)
                             v_c = vec3(0.0)
                         # a bit in contact turns as it rolls on the surface (for the look of it)
@@ -630,8 +722,9 @@ def curl_noise(modes: ti.template(), per, x, t) -> vec3:
 
 
 @ti.kernel
-def dust_step(df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_rise: f64,
-              ground: i32, n: i32):
+def dust_step(
+    df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_rise: f64, ground: i32, n: i32
+):
     """Advance live dust from t1 - dt to t1: the air velocity is curl noise plus a rise that decays
     with age; the particle velocity relaxes to it exactly (exponential drag), then moves."""
     decay = ti.exp(-dt / tau_drag)
@@ -644,7 +737,9 @@ def dust_step(df: F2, dt: f64, t1: f64, modes: F2, per: i32, tau_drag: f64, tau_
             elif age > 0:
                 h = ti.min(dt, age)  # born during this step: move only since birth
                 x = get3(df, i, DX)
-                u = curl_noise(modes, per, x, t1) + vec3(0.0, df[i, DRISE] * ti.exp(-age / tau_rise), 0.0)
+                u = curl_noise(modes, per, x, t1) + vec3(
+                    0.0, df[i, DRISE] * ti.exp(-age / tau_rise), 0.0
+                )
                 v0 = get3(df, i, DV)
                 dec = decay
                 if h < dt:

@@ -28,9 +28,16 @@ def breaks(points, area=0.5, energy_scale=1.0, per_break=6.0, normal=(1.0, 0.0, 
     p = np.asarray(points, float).reshape(-1, 3)
     n = len(p)
     a = np.full(n, area)
-    return {"points": p, "normals": np.tile(normal, (n, 1)), "areas": a,
-                "energies": energy_scale * debris.G_REF * a, "vel_a": np.zeros((n, 3)),
-                "vel_b": np.zeros((n, 3)), "material": np.zeros(n, int), "per_break": per_break}
+    return {
+        "points": p,
+        "normals": np.tile(normal, (n, 1)),
+        "areas": a,
+        "energies": energy_scale * debris.G_REF * a,
+        "vel_a": np.zeros((n, 3)),
+        "vel_b": np.zeros((n, 3)),
+        "material": np.zeros(n, int),
+        "per_break": per_break,
+    }
 
 
 def spaced(n, y=2.0, gap=10.0):
@@ -57,7 +64,10 @@ def test_counts_scale_with_area_and_energy():
     n = 60
     pts = spaced(n)
     cases = {  # (area, energy scale) -> expected bits per break: per_break * area * scale
-        (0.5, 1.0): 3, (1.0, 1.0): 6, (0.5, 2.0): 6, (0.5, 100.0): 3 * debris.MAX_ENERGY_SCALE,
+        (0.5, 1.0): 3,
+        (1.0, 1.0): 6,
+        (0.5, 2.0): 6,
+        (0.5, 100.0): 3 * debris.MAX_ENERGY_SCALE,
         (0.5, 0.0): 0,
     }
     for (area, scale), expect in cases.items():
@@ -71,7 +81,8 @@ def test_counts_scale_with_area_and_energy():
         if expect:
             off = s["rubble_position"] - pts[np.rint(s["rubble_position"][:, 0] / 10).astype(int)]
             assert (np.hypot(off[:, 1], off[:, 2]) <= np.sqrt(area / np.pi) + 1e-4).all()
-            assert (np.abs(np.abs(off[:, 0]) - s["rubble_radius"]) < 1e-4).all()  # float32 at x ~ 600
+            # a radius off the face (1e-4: float32 at x ~ 600)
+            assert (np.abs(np.abs(off[:, 0]) - s["rubble_radius"]) < 1e-4).all()
             r = s["rubble_radius"]
             assert r.min() >= 0.02 - 1e-7 and r.max() <= min(0.15, 0.5 * np.sqrt(area)) + 1e-7
 
@@ -113,7 +124,9 @@ def test_rubble_lands_on_a_fixed_box_top_face():
     d = DebrisSystem(seed=4, max_rubble=500, max_dust=1, dust=False, materials=[STILL])
     hulls = hull_planes_from_points([box((1.0, 0.5, 1.0))])
     d.set_colliders(hulls, [0], [[0, 0.5, 0]], [[1, 0, 0, 0]], [[0, 0, 0]], [[0, 0, 0]])
-    pts = np.column_stack([np.linspace(-0.6, 0.6, 10), np.full(10, 3.0), np.linspace(-0.6, 0.6, 10)])
+    pts = np.column_stack(
+        [np.linspace(-0.6, 0.6, 10), np.full(10, 3.0), np.linspace(-0.6, 0.6, 10)]
+    )
     d.emit_breaks(**breaks(pts, area=0.02, normal=(0, 1, 0), per_break=500.0), time=0.0)
     assert d.live_rubble >= 90
     for _ in range(int(2.5 / DT)):
@@ -277,10 +290,14 @@ def test_bad_arguments_are_refused():
 
 def test_break_inputs_velocities_at_the_point_and_energy():
     out = debris.break_inputs(
-        pairs=[[0, 1], [2, -1]], points=[[1, 1, 0], [0, 0, 0]], areas=[0.5, 0.2],
+        pairs=[[0, 1], [2, -1]],
+        points=[[1, 1, 0], [0, 0, 0]],
+        areas=[0.5, 0.2],
         positions=[[0, 0, 0], [1, 0, 0], [0, 0, 0]],
         velocities=[[1, 0, 0], [0, 0, 0], [0, 2, 0]],
-        angular_velocities=[[0, 0, 0], [0, 0, 1], [0, 0, 0]], masses=[2.0, 2.0, 3.0])
+        angular_velocities=[[0, 0, 0], [0, 0, 1], [0, 0, 0]],
+        masses=[2.0, 2.0, 3.0],
+    )
     assert np.allclose(out["vel_a"], [[1, 0, 0], [0, 2, 0]])
     assert np.allclose(out["vel_b"], [[-1, 0, 0], [0, 0, 0]])  # w x r = (0,0,1) x (0,1,0)
     # fracture energy of the face + 1/2 m_red dv^2 (m_red = 1 kg for 2|2 kg, 3 kg on the ground)
@@ -332,8 +349,9 @@ def test_curl_noise_is_divergence_free():
 def test_rubble_piles_up_on_resting_rubble():
     d = DebrisSystem(seed=10, max_rubble=1000, max_dust=1, dust=False, materials=[STILL])
     for _ in range(6):  # six waves of 30 bits (radius <= 5 cm) dropped on one spot, 1 s apart
-        d.emit_breaks(**breaks([[0, 1.0, 0]], area=0.01, normal=(0, 1, 0), per_break=3000.0),
-                      time=d.time)
+        d.emit_breaks(
+            **breaks([[0, 1.0, 0]], area=0.01, normal=(0, 1, 0), per_break=3000.0), time=d.time
+        )
         for _ in range(24):
             d.step(DT, SUB)
     for _ in range(48):
