@@ -68,6 +68,11 @@ def _assert_sound(scene, sample_pairs=40):
         assert len(p.interior) == len(p.mesh.faces)
     mans = [_manifold(p.mesh) for p in scene.pieces]
     assert all(not m.is_empty() for m in mans)
+    # collision hulls hug their piece: bonded neighbours' hulls do not overlap at rest
+    hulls = [[m3.Manifold.hull_points(h) for h in p.hulls] for p in scene.pieces]
+    for i, j in (b for b in scene.bonds.pairs if b[1] >= 0):
+        common = sum((a ^ b).volume() for a in hulls[i] for b in hulls[j])
+        assert common < 1e-6 * min(scene.pieces[i].volume, scene.pieces[j].volume)
     rng = np.random.default_rng(0)
     pairs = [tuple(b) for b in scene.bonds.pairs if b[1] >= 0]
     pairs += [tuple(rng.choice(len(mans), 2, replace=False)) for _ in range(sample_pairs)]
@@ -362,7 +367,11 @@ def test_sliver_across_an_opening_joins_its_neighbour():
     scene = fracture_with_seeds([part], [seeds])
     assert len(scene.pieces) == 3
     assert scene.pieces[2].volume > 1.08 and min(p.volume for p in scene.pieces) > 0.6
-    assert len(scene.pieces[2].hulls) == 2  # the sliver keeps its own hull
+    # the joined piece keeps the sliver's own hull; its hulls add up to it exactly
+    joined = scene.pieces[2]
+    assert len(joined.hulls) >= 2
+    hull_volume = sum(ConvexHull(h).volume for h in joined.hulls)
+    assert hull_volume == pytest.approx(joined.volume, rel=1e-9)
     _assert_sound(scene, sample_pairs=0)
 
 
