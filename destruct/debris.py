@@ -106,7 +106,7 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
         pts = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
         off = np.asarray(offset, dtype=np.int64)
         sets = [pts[off[h] : off[h + 1]] for h in range(len(off) - 1)]
-    planes, counts = [], []
+    planes = []
     center = np.zeros((len(sets), 3))
     radius = np.zeros(len(sets))
     for h, p in enumerate(sets):
@@ -116,16 +116,23 @@ def hull_planes_from_points(vertices, offset=None) -> HullPlanes:
         center[h] = 0.5 * (lo + hi)
         radius[h] = np.linalg.norm(p - center[h], axis=1).max()
         try:
-            eq = ConvexHull(p).equations
+            planes.append(ConvexHull(p).equations)
         except QhullError:  # flat, a line or a point: give it FLAT_PAD of thickness each way
-            pad = (p[:, None, :] + FLAT_PAD * _CORNERS[None]).reshape(-1, 3)
-            eq = ConvexHull(pad).equations
-        eq = np.unique(np.round(eq, 9), axis=0)
-        planes.append(eq)
-        counts.append(len(eq))
+            planes.append(
+                ConvexHull((p[:, None, :] + FLAT_PAD * _CORNERS[None]).reshape(-1, 3)).equations
+            )
+    # merge coplanar facets of each hull in one sort over all hulls: rows (hull, rounded plane)
+    counts = np.array([len(e) for e in planes], dtype=np.int64)
+    hull_of = np.repeat(np.arange(len(sets)), counts)
+    eq = np.round(np.concatenate(planes), 9) if planes else np.zeros((0, 4))
+    keys = np.column_stack([hull_of, eq])
+    _, keep = np.unique(keys, axis=0, return_index=True)
+    keep = np.sort(keep)
     return HullPlanes(
-        planes=np.concatenate(planes) if planes else np.zeros((0, 4)),
-        plane_offset=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        planes=eq[keep],
+        plane_offset=np.concatenate(
+            [[0], np.cumsum(np.bincount(hull_of[keep], minlength=len(sets)))]
+        ),
         center=center,
         radius=radius,
     )
