@@ -356,6 +356,19 @@ class DebrisSystem:
             raise ValueError(f"material must be {n} ids in 0..{len(self.materials) - 1}, got {mat}")
         if per_break < 0 or not np.all(np.isfinite(area)) or np.any(area < 0):
             raise ValueError(f"per_break and areas must be finite and >= 0, got {per_break}")
+        ok = np.isfinite(pts).all(1) & np.isfinite(nrm).all(1) & np.isfinite(vel).all(1)
+        if not ok.all():  # a broken bond on a piece the solver lost: emit nothing there
+            pts, nrm, area, energy, vel, mat = (
+                pts[ok],
+                nrm[ok],
+                area[ok],
+                energy[ok],
+                vel[ok],
+                mat[ok],
+            )
+            n = len(pts)
+            if n == 0:
+                return
         area_pos = np.maximum(area, 1e-12)
         scale = np.clip(np.nan_to_num(energy) / (G_REF * area_pos), 0.0, MAX_ENERGY_SCALE)
         scale[area <= 0] = 0.0
@@ -477,6 +490,13 @@ class DebrisSystem:
             # cells about the size of a typical hull; big hulls span at most ~32 cells a side
             self._cell = float(max(2 * (K.R_MAX + 0.05), np.median(diam), diam.max() / 32))
             self._hulls, self._hull_piece = hull_planes, piece.copy()
+        if not (
+            np.isfinite(pos).all()
+            and np.isfinite(rot).all()
+            and np.isfinite(vel).all()
+            and np.isfinite(ang).all()
+        ):
+            raise ValueError("set_colliders: piece poses and velocities must be finite")
         pose = np.column_stack([pos, rot / np.linalg.norm(rot, axis=1, keepdims=True)])
         if self._pose1 is None or len(self._pose1) != p:
             self._pose0 = pose

@@ -98,6 +98,7 @@ NMODE = 6
 #: (Turcotte, "Fractals and fragmentation", J. Geophys. Res. 91, 1986).
 R_MIN, R_MAX, SIZE_D = 0.02, 0.15, 2.5
 POP_SPEED = 1.0  # [m/s] the fastest a bit is pushed out of a resting bit it overlaps
+MAX_SWEEP = 32  # [cells] the largest swept radius a hull is inserted into the grid with
 
 # Random streams: each draw of a particle has its own stream number.
 _S_COUNT_R, _S_COUNT_D = 1, 2
@@ -301,7 +302,9 @@ def piece_q(pp: ti.template(), p, a) -> vec4:
 def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I1, hs: F2):
     """Each hull's cell range over the step: its bounding sphere swept from the start to the end
     pose (chord plus the arc's sagitta), grown by ``margin`` (the largest rubble radius + slack),
-    kept in ``hs: (H, 4)`` (centre [m] (3), radius [m]) for a cheap test before the planes."""
+    kept in ``hs: (H, 4)`` (centre [m] (3), radius [m]) for a cheap test before the planes.
+    A hull that sweeps more than MAX_SWEEP cells in one step (a piece thrown at hundreds of m/s)
+    is inserted at its end pose only, so one wild piece cannot blow up the grid."""
     for h in range(nh):
         p = hi[h, PIECE]
         c = get3(hf, h, HC)
@@ -312,6 +315,9 @@ def hull_cells(hf: F2, hi: I2, nh: i32, pp: F2, margin: f64, cell: f64, ncell: I
         half = 0.5 * ti.acos(ti.min(ti.abs(q0.dot(q1)), 1.0))  # half the rotation angle
         rad = hf[h, HR] + 0.5 * (c1 - c0).norm() + c.norm() * (1.0 - ti.cos(half)) + margin
         mid = 0.5 * (c0 + c1)
+        if rad > MAX_SWEEP * cell:
+            rad = hf[h, HR] + margin
+            mid = c1
         set3(hs, h, 0, mid)
         hs[h, 3] = rad
         lo = cell_of(mid - rad, cell)

@@ -286,6 +286,15 @@ def test_bad_arguments_are_refused():
         d.emit_breaks(**args, time=0.0)
     with pytest.raises(ValueError, match="dt"):
         d.step(0.0, 8)
+    hulls = hull_planes_from_points([box((1, 1, 1))])
+    with pytest.raises(ValueError, match="finite"):
+        d.set_colliders(hulls, [0], [[np.nan, 0, 0]], [[1, 0, 0, 0]], [[0, 0, 0]], [[0, 0, 0]])
+    # a bond on a piece the solver lost (NaN) emits nothing; the others still do
+    e = DebrisSystem(seed=0, max_rubble=100, max_dust=1000)
+    args = breaks(spaced(3), area=1.0, per_break=4.0)
+    args["points"][1] = np.nan
+    e.emit_breaks(**args, time=0.0)
+    assert e.live_rubble == 8 and np.isfinite(e.snapshot()["rubble_position"]).all()
 
 
 def test_break_inputs_velocities_at_the_point_and_energy():
