@@ -43,6 +43,7 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="run stages again even when up to date")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or stage lines")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the final manifest as JSON")] = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="farm refine windows on Ray: an address, 'auto' or 'local'")] = None,
 ) -> None:
     """Run the pipeline on a shot (or the bundled default shot)."""
     import destruct
@@ -53,7 +54,8 @@ def run(
     quiet = quiet or as_json
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
     if quiet:
-        result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force, quiet=True, log=log)
+        result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force, quiet=True,
+                              log=log, ray=ray)
     else:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -61,7 +63,7 @@ def run(
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
             result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force,
-                                  quiet=False, progress=bar, log=bar.console.print)
+                                  quiet=False, progress=bar, log=bar.console.print, ray=ray)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     elif not quiet:
@@ -158,16 +160,17 @@ def export_usd(
 
 @models_app.command("pull")
 def models_pull(
-    name: Annotated[str, typer.Argument(help="model set: sd15 or sdxl")],
+    name: Annotated[str, typer.Argument(help="model set (sd15 or sdxl) or one Hub repo id org/name")],
 ) -> None:
-    """Download a recommended model set into the Hugging Face cache (needs internet)."""
+    """Download a recommended model set into the Hugging Face cache (needs internet; safetensors only)."""
     try:
         from refine.models import pull
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("refine"):
             raise StageNotBuilt("model management is not built yet in this version of destruct") from None
         raise
-    pull(name)
+    for path in pull(name):
+        print(path)
 
 
 @models_app.command("list")

@@ -28,9 +28,9 @@ ORDER = list(Stage)
 SECTIONS: dict[Stage, tuple[str, ...]] = {
     Stage.PREPARE: ("building", "materials", "fracture", "charges", "seed", "anchor"),
     Stage.SIMULATE: ("materials", "charges", "regions", "impactors", "sim", "debris", "shot"),
-    Stage.RENDER: ("camera", "render", "shot"),
+    Stage.RENDER: ("camera", "render", "shot", "materials", "sim", "charges"),
     Stage.REFINE: ("refine", "shot"),
-    Stage.ENCODE: ("shot",),
+    Stage.ENCODE: ("shot", "camera"),
 }
 UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.PREPARE: (),
@@ -137,8 +137,13 @@ def run(
     quiet: bool = True,
     progress: Any = None,
     log: Any = None,
+    ray: str | None = None,
 ) -> RunResult:
-    """Run ``stages`` (default: all) of ``shot`` into ``out`` (default renders/<name>)."""
+    """Run ``stages`` (default: all) of ``shot`` into ``out`` (default renders/<name>).
+
+    ``ray``: a Ray address ("auto", "local", "host:port"): refine windows are farmed out to
+    one actor per GPU before the refine stage cross-fades and writes the frames.
+    """
     if isinstance(stages, str) or stages is None:
         stages = parse_stages(stages)
     frame_list = frames if isinstance(frames, list) else parse_frames(frames, shot)
@@ -164,7 +169,7 @@ def run(
 
     result = RunResult(rd.root, {})
     for stage in stages:
-        code = _run_stage(shot, rd, stage, stages, frame_list, backend, force, quiet, progress, say)
+        code = _run_stage(shot, rd, stage, stages, frame_list, backend, force, quiet, progress, say, ray)
         if code:
             result.ran.append(stage.value)
     result.manifest = rd.read()
@@ -172,7 +177,7 @@ def run(
 
 
 def _run_stage(
-    shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say
+    shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say, ray=None
 ) -> bool:
     """Run one stage if needed. Returns True when it ran."""
     name = stage.value
@@ -222,6 +227,8 @@ def _run_stage(
     say(f"{name}: running")
     t0 = time.perf_counter()
     try:
+        if stage is Stage.REFINE and ray:
+            _farm_refine(ctx, ray, say)
         figures = fn(ctx) or {}
     except StageSkipped as e:
         _record(
@@ -260,6 +267,27 @@ def _run_stage(
     if stage is Stage.SIMULATE and shot.output.usd:
         _export_usd(rd, say)
     return True
+
+
+def _farm_refine(ctx: StageContext, address: str, say) -> None:
+    """Refine this invocation's windows on Ray first; the stage then only cross-fades them."""
+    from destruct.raycluster import connect
+    from refine.farm import refine_windows
+    from refine.models import MissingWeights
+    from refine.stage import shot_windows
+    from refine.temporal import windows_for
+
+    todo = ctx.frames_todo()
+    if not todo:
+        return
+    ray = connect(address)
+    try:
+        with ctx.progress(len(windows_for(todo, shot_windows(ctx.shot))), "refine windows on Ray") as bar:
+            refine_windows(ctx.shot, ctx.run_dir, ray, frames=todo, force=ctx.force,
+                           progress=lambda done, total: bar.advance())
+    except MissingWeights as e:
+        raise StageSkipped(f"no weights: {e.command}") from None
+    say(f"{ctx.stage.value}: windows farmed on Ray")
 
 
 def _export_usd(rd: RunDir, say) -> None:

@@ -51,8 +51,8 @@ class Procedural(_Section):
     floors: int = Field(6, ge=1, le=200, description="number of storeys")
     bays_x: int = Field(3, ge=1, le=50, description="structural bays along x")
     bays_z: int = Field(2, ge=1, le=50, description="structural bays along z")
-    bay: float = Field(6.0, gt=0.5, le=50, description="bay width, column centre to centre [m]")
-    story: float = Field(3.5, gt=1.0, le=20, description="storey height, floor to floor [m]")
+    bay: float = Field(6.0, ge=0.9, le=50, description="bay width, column centre to centre [m]")
+    story: float = Field(3.5, ge=1.65, le=20, description="storey height, floor to floor [m]")
     windows: bool = Field(True, description="window openings with glass panes in the exterior walls")
     interior_walls: bool = Field(False, description="interior partition walls")
 
@@ -243,6 +243,8 @@ class Refine(_Section):
     steps: int = Field(20, ge=1, le=1000, description="denoising steps")
     guidance: float = Field(7.0, ge=0, le=50, description="classifier-free guidance scale")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when present)")
+    cpu_offload: bool = Field(False, description="keep idle model parts in host memory (small GPUs)")
+    vae_tiling: bool = Field(False, description="decode the VAE in tiles (large frames on small GPUs)")
     temporal: Temporal = Field(default_factory=Temporal, description="temporal consistency")
 
 

@@ -186,7 +186,7 @@ def shot_windows(shot: Any) -> list[tuple[int, ...]]:
 class WindowRefiner:
     """One shot's loaded pipeline and window plan: refines windows into the cache
     ``refine/.windows/<shot>.<first>-<last>.npz``. In-process for the stage, or one per GPU as
-    a Ray actor (:func:`refine_on_ray`). Raises ``refine.models.MissingWeights``."""
+    a Ray actor (:mod:`refine.farm`). Raises ``refine.models.MissingWeights``."""
 
     def __init__(self, shot: Any, run_dir: str | Path, *, force: bool = False):
         from refine.pipeline import ControlKind, ControlSpec, load_pipeline
@@ -254,32 +254,6 @@ class WindowRefiner:
         """Make sure window ``index`` is cached; returns the cache path (for farm tasks)."""
         self.images(index)
         return str(self.cache_path(index))
-
-
-def refine_on_ray(
-    shot: Any,
-    run_dir: str | Path,
-    ray: Any,
-    *,
-    frames: Sequence[int] | None = None,
-    actors: int = 1,
-    gpus_per_actor: float = 1.0,
-    force: bool = False,
-) -> list[str]:
-    """Refine the windows holding ``frames`` (default: all) on a Ray cluster: ``actors``
-    actors each hold a pipeline (one per GPU with ``gpus_per_actor`` = 1) and take windows as
-    they free up. The windows land in the cache; the ``refine`` stage run afterwards only
-    cross-fades and writes the frames. Windows are independent, so the frames equal a
-    sequential run's. ``ray`` is the initialised module (``destruct.raycluster.connect``)."""
-    from refine.temporal import windows_for
-
-    refiner = ray.remote(num_gpus=gpus_per_actor)(WindowRefiner)
-    pool = ray.util.ActorPool(
-        [refiner.remote(shot, str(run_dir), force=force) for _ in range(actors)]
-    )
-    plan = shot.frame_numbers() if frames is None else list(frames)
-    needed = windows_for(plan, shot_windows(shot))
-    return list(pool.map(lambda actor, i: actor.refine.remote(i), needed))
 
 
 def run_refine(ctx: Any) -> dict[str, Any]:

@@ -29,3 +29,14 @@ def write_shot(tmp_path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster (2 CPUs) shared by the whole test session."""
+    pytest.importorskip("ray")
+    from destruct.raycluster import connect
+
+    ray = connect("local", num_cpus=2)
+    yield ray
+    ray.shutdown()

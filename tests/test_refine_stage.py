@@ -167,36 +167,3 @@ def test_missing_weights_skip_the_stage_with_the_exact_command(tmp_path, monkeyp
     with pytest.raises(StageSkipped) as e:
         refine_stage.run_refine(ctx)
     assert e.value.reason == "no weights: destruct models pull sd15"
-
-
-@pytest.mark.slow
-def test_windows_refined_on_a_local_ray_cluster_give_the_sequential_frames(
-    models, tmp_path, monkeypatch
-):
-    from destruct.raycluster import connect
-
-    table = _refine_table(models)
-    farm = _ctx(tmp_path / "farm", table, plate=False)
-    _write_passes(farm.run_dir)
-    ray = connect("local", num_cpus=2)
-    try:
-        paths = refine_stage.refine_on_ray(farm.shot, farm.run_dir, ray, actors=2, gpus_per_actor=0)
-    finally:
-        ray.shutdown()
-    assert len(paths) == 2 and all(p.endswith(".npz") for p in paths)
-    windows_refined = []
-    real = refine_stage._LazyFrames
-    monkeypatch.setattr(
-        refine_stage, "_LazyFrames", lambda r, w: windows_refined.append(w) or real(r, w)
-    )
-    refine_stage.run_refine(farm)
-    assert windows_refined == []  # the stage only cross-fades the farmed windows
-    monkeypatch.undo()
-    seq = _ctx(tmp_path / "seq", table, plate=False)
-    _write_passes(seq.run_dir)
-    refine_stage.run_refine(seq)
-    for f in range(FIRST, FIRST + N):
-        name = f"t.{f:04d}.png"
-        assert (farm.run_dir / "refine" / name).read_bytes() == (
-            seq.run_dir / "refine" / name
-        ).read_bytes()
