@@ -44,6 +44,7 @@ STATE_FORMAT = "destruct.simstate/1"
 BREAKS_FORMAT = "destruct.breaks/1"
 PIECES_FORMAT = "destruct.pieces/1"
 BONDS_FORMAT = "destruct.bonds/1"
+OVERLAP_TOLERANCE = 1e-3  # m: pieces overlapping more than this at the start never collide
 GROUND_FRICTION = 0.8  # rough ground (concrete on soil)
 IMPACTOR_SUBDIVISIONS = 2  # icosphere of 162 vertices for a sphere impactor
 MOVED = 0.05  # m: a piece that ends further than this from its start counts as moved
@@ -134,6 +135,7 @@ def build_world(
         w.add_bond(int(pairs[k, 0]), int(pairs[k, 1]), bonds["points"][k], bonds["normals"][k],
                    float(bonds["areas"][k]), float(bonds["tensile"][k]), float(bonds["shear"][k]),
                    float(bonds["compressive"][k]))
+    w.exclude_overlaps(OVERLAP_TOLERANCE)
     if not anchor_to_ground and len(pairs):
         w.break_bonds(np.flatnonzero(pairs[:, 1] < 0))
         w.new_breaks()  # not breaks of the simulation

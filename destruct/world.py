@@ -136,6 +136,7 @@ class World:
         self._bdi = np.zeros((0, bonds.NBDI), dtype=np.int32)
         self._broken_seen = np.zeros(0, dtype=bool)
         self._mass = np.zeros(0)
+        self._excluded = np.zeros((0, 2), dtype=np.int32)  # body pairs that never collide
         # rows added since the last flush (bulk adds stay O(n)): name -> list of arrays
         self._pending: dict[str, list[np.ndarray]] = {
             k: [] for k in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi")}
@@ -326,71 +327,11 @@ class World:
             self.time += dt
             self.steps += 1
             return
-        _, bodies, bp, contacts, bonds, solve = _k()
-        self._push()
+        _, bodies, _, _, bonds, solve = _k()
+        npairs = self._detect(dt)
         d = self._dev
-        bp.build_grid(
-            d["bf"],
-            d["bi"],
-            d["sf"],
-            d["si"],
-            dt,
-            CONTACT_MARGIN,
-            d["sb"],
-            d["aux"],
-            d["gstart"],
-            d["gfill"],
-            d["gitems"],
-            d["shash"],
-        )
-        bp.count_pairs(
-            d["bi"],
-            d["si"],
-            d["sb"],
-            d["gstart"],
-            d["gitems"],
-            d["aux"],
-            int(self.ground),
-            d["pairs"],
-            d["pstart"],
-        )
-        npairs = int(d["pstart"][self._si.shape[0]])
-        self._ensure_pairs(npairs)
-        if npairs:
-            bp.write_pairs(
-                d["bi"],
-                d["si"],
-                d["sb"],
-                d["gstart"],
-                d["gitems"],
-                d["aux"],
-                int(self.ground),
-                d["pstart"],
-                d["pairs"],
-            )
-            contacts.narrowphase(
-                d["bf"],
-                d["si"],
-                d["hv"],
-                d["hp"],
-                dt,
-                CONTACT_MARGIN,
-                npairs,
-                d["pairs"],
-                d["pn"],
-                d["cf"],
-            )
-        solve.build_units(
-            d["bi"],
-            d["si"],
-            npairs,
-            d["pairs"],
-            d["bdi"],
-            d["bstart"],
-            d["blist"],
-            d["units"],
-            d["count"],
-        )
+        solve.build_units(d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"],
+                          d["blist"], d["xstart"], d["xlist"], d["units"], d["count"])
         nunits = int(d["count"][0])
         h = dt / substeps
         g = self.gravity
@@ -427,6 +368,59 @@ class World:
         self.steps += 1
         self._host_fresh = False
 
+    def _detect(self, dt: float) -> int:
+        """Upload edits, then broadphase + narrowphase; returns the number of pairs."""
+        _, _, bp, contacts, _, _ = _k()
+        self._push()
+        d = self._dev
+        ground = int(self.ground)
+        bp.build_grid(d["bf"], d["bi"], d["sf"], d["si"], dt, CONTACT_MARGIN, d["sb"], d["aux"],
+                      d["gstart"], d["gfill"], d["gitems"], d["shash"])
+        bp.count_pairs(d["bi"], d["si"], d["sb"], d["gstart"], d["gitems"], d["aux"], ground,
+                       d["pairs"], d["pstart"])
+        npairs = int(d["pstart"][self._si.shape[0]])
+        self._ensure_pairs(npairs)
+        if npairs:
+            bp.write_pairs(d["bi"], d["si"], d["sb"], d["gstart"], d["gitems"], d["aux"], ground,
+                           d["pstart"], d["pairs"])
+            contacts.narrowphase(d["bf"], d["si"], d["hv"], d["hp"], dt, CONTACT_MARGIN, npairs,
+                                 d["pairs"], d["pn"], d["cf"])
+        return npairs
+
+    def exclude_overlaps(self, tolerance: float = 1e-3) -> int:
+        """Never collide pairs of bodies that overlap by more than ``tolerance`` [m] now.
+
+        Fractured pieces whose convex hulls bulge into a neighbour's (a compound of hulls is
+        only an approximation of a non-convex piece) would otherwise push apart the moment the
+        simulation starts and load their glue with forces no bond survives. Glued pairs are
+        left out anyway while their bond holds. Returns how many pairs were excluded.
+        """
+        _, _, _, C, _, _ = _k()
+        self._pull()
+        npairs = self._detect(1e-3)
+        d = self._dev
+        pairs = d["pairs"].to_numpy()[:npairs]
+        if not npairs:
+            return 0
+        pn = d["pn"].to_numpy()[:npairs, :3]
+        cf = d["cf"].to_numpy()[: npairs * C.MAXC].reshape(npairs, C.MAXC, -1)
+        a = self._si[pairs[:, 0], 0]
+        b = np.where(pairs[:, 1] >= 0, self._si[np.maximum(pairs[:, 1], 0), 0], -1)
+        k = np.arange(C.MAXC)[None, :] < pairs[:, 2:3]  # (P, MAXC) live points
+        xa, qa = self._bf[a, 0:3], self._bf[a, 3:7]
+        pa = xa[:, None] + _qrot_many(np.repeat(qa, C.MAXC, 0), cf[:, :, C.RA:C.RA + 3].reshape(-1, 3)).reshape(npairs, C.MAXC, 3)
+        rb = cf[:, :, C.RB:C.RB + 3]
+        xb, qb = self._bf[np.maximum(b, 0), 0:3], self._bf[np.maximum(b, 0), 3:7]
+        pb_body = xb[:, None] + _qrot_many(np.repeat(qb, C.MAXC, 0), rb.reshape(-1, 3)).reshape(npairs, C.MAXC, 3)
+        pb = np.where((b >= 0)[:, None, None], pb_body, rb)
+        depth = np.einsum("pkc,pc->pk", pb - pa, pn)
+        deep = np.where(k, depth, -np.inf).max(axis=1) > tolerance
+        new = np.column_stack([a[deep], b[deep]]).astype(np.int32)
+        self._excluded = np.unique(np.concatenate([self._excluded, new]), axis=0)
+        self._geometry_changed = True
+        self._upload = True
+        return int(len(new))
+
     def _ensure_pairs(self, npairs: int) -> None:
         backend, _, _, contacts, _, _ = _k()
         d = self._dev
@@ -454,6 +448,9 @@ class World:
             start, order = _bond_lists(self._bdi, self.num_bodies)
             d["bstart"] = _device(backend, start)
             d["blist"] = _device(backend, order)
+            start, other = _pair_lists(self._excluded, self.num_bodies)
+            d["xstart"] = _device(backend, start)
+            d["xlist"] = _device(backend, other)
             tsize = 1 << int(np.ceil(np.log2(max(2 * ns, 2))))
             d["sb"] = backend.ndarray_f(ns, 4)
             d["aux"] = backend.ndarray_f(1, 1)
@@ -695,6 +692,7 @@ class World:
             "broken_seen": self._broken_seen.copy(),
             "time": np.float64(self.time),
             "steps": np.int64(self.steps),
+            "excluded": self._excluded.copy(),
             "injected_energy": np.float64(self.injected_energy),
             "seed": np.int64(self.seed),
         }
@@ -721,6 +719,9 @@ class World:
         self.time = float(state["time"])
         self.steps = int(state["steps"])
         self.injected_energy = float(state["injected_energy"])
+        if not np.array_equal(state["excluded"], self._excluded):
+            self._excluded = np.array(state["excluded"], dtype=np.int32).reshape(-1, 2)
+            self._geometry_changed = True
         self._upload = True
 
 
@@ -735,6 +736,21 @@ def _device(backend: Any, arr: np.ndarray, old: Any = None) -> Any:
     if arr.shape[0]:
         old.from_numpy(np.ascontiguousarray(arr))
     return old
+
+
+def _pair_lists(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-body lists of the other body of each pair (CSR): start (n + 1,), others (sorted by body).
+
+    A pair with the ground (-1) is listed under its body only.
+    """
+    a = pairs[:, 0].astype(np.int64)
+    b = pairs[:, 1].astype(np.int64)
+    owner = np.concatenate([a, b[b >= 0]])
+    other = np.concatenate([b, a[b >= 0]])
+    order = np.argsort(owner, kind="stable")
+    start = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(owner, minlength=n), out=start[1:])
+    return start, other[order].astype(np.int32)
 
 
 def _bond_lists(bdi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,10 @@ Per pair (rows of ``pairs``) the narrowphase finds the separating axis of least 
 both hulls' face normals (SAT), then keeps the vertices of each hull that lie within the
 speculative margin of the other hull's extent along that axis and whose projection onto it
 falls inside the other hull: a face-on contact gives several points, so a box rests flat. At
-most MAXC points per pair (the extremes along two tangents, for each side).
+most MAXC points per pair (the extremes along two tangents, for each side). Edge-against-edge
+contacts have no such vertex and are missed (face normals alone cannot tell an edge-edge
+overlap from a separation along an edge-edge axis, and a guessed contact there throws the
+pieces apart).
 Contact rows (``cf: (P * MAXC, NCF) f64``): RA point on A in A's body frame, RB point on B in
 B's body frame (world point for the ground), LAM normal multiplier of the last substep [kg m], JN normal impulse of its
 velocity pass [N s].
@@ -188,21 +191,6 @@ def narrowphase(
                             set3(cf, row0 + nc, RB, get3(hv, k, 0))
                         cf[row0 + nc, LAM] = 0.0
                         nc += 1
-            if nc == 0 and best_sep < 0.0 and b >= 0:
-                # edge against edge: the deepest vertex of A, pushed out along n
-                kbest = si[sh[0], 1]
-                lo = 1e30
-                for k in range(si[sh[0], 1], si[sh[0], 2]):
-                    d = n.dot(_world(bf, a, get3(hv, k, 0)))
-                    if d < lo:
-                        lo = d
-                        kbest = k
-                hi_b = _extent(bf, b, hv, si[sh[1], 1], si[sh[1], 2], n, 1.0)
-                q = _world(bf, a, get3(hv, kbest, 0))
-                set3(cf, row0, RA, get3(hv, kbest, 0))
-                set3(cf, row0, RB, _local(bf, b, q + (hi_b - lo) * n))
-                cf[row0, LAM] = 0.0
-                nc = 1
         set3(pn, p, 0, n)
         pairs[p, 2] = nc
 
@@ -290,10 +278,10 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
         if c > 0.0:
             valid = 1
     elif budget > 0.0:
-        # the two attachment points coincided (tangentially) at the narrowphase: their
-        # tangential separation is the slip since the step began, so a slip one substep
-        # leaves over is taken back in the next instead of accumulating into creep
-        dp = pa - pb
+        # slip of the two attachment points over this substep (Mueller et al. 2020, eq. 29)
+        _, pa0 = _attach(bf, a, la, 1)
+        _, pb0 = _attach(bf, b, lb, 1)
+        dp = (pa - pa0) - (pb - pb0)
         dpt = dp - dp.dot(n) * n
         c = dpt.norm()
         if c > 1e-12:
@@ -306,7 +294,7 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
 @ti.func
 def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
                          pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
-                         h, g_norm, ground_mu):
+                         h, g_dir, g_norm, ground_mu):
     """Restitution (fric = 0) or dynamic friction (fric = 1) of point k (k < 0: centroid).
 
     Separate projections (normal first), so neither can add energy.
@@ -323,8 +311,9 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
     valid = 0
     energy = 0.0
     mode = 0
-    if k < 0 and pairs[p, 2] >= 3:
-        mode = 2  # a face contact's centroid: move the centres of mass only
+    if k < 0 and fric != 0 and pairs[p, 2] >= 3:
+        if ti.abs(get3(pn, p, 0).dot(g_dir)) > 0.7071:
+            mode = 2  # a resting face's friction moves it as a whole (see solve._supporting)
     if lam > 0.0:
         n = get3(pn, p, 0)
         la, lb = _point(cf, pairs, p, k)

@@ -52,9 +52,12 @@ def _dynamic(bi: ti.template(), b) -> ti.i32:
 @ti.kernel
 def build_units(
     bi: I2, si: I2, npairs: ti.i32, pairs: I2, bdi: I2, bond_start: I1, bond_list: I1,
-    units: I2, count: I1,
+    excl_start: I1, excl_list: I1, units: I2, count: I1,
 ):
-    """List this step's constraints in a fixed order; count[0] receives their number."""
+    """List this step's constraints in a fixed order; count[0] receives their number.
+
+    Contact pairs of glued bodies (intact bond) and of excluded body pairs are left out.
+    """
     ti.loop_config(serialize=True)
     for p in range(npairs + 1):
         if p == 0:
@@ -65,6 +68,9 @@ def build_units(
             for e in range(bond_start[a], bond_start[a + 1]):
                 k = bond_list[e]
                 if bdi[k, BROKEN] == 0 and (bdi[k, 0] == b or bdi[k, 1] == b):
+                    glued = 1
+            for e in range(excl_start[a], excl_start[a + 1]):
+                if excl_list[e] == b:
                     glued = 1
             if glued == 0:
                 units[count[0], 0] = CONTACT
@@ -117,6 +123,21 @@ def _contact_row(r, npoints, flip):
     return k, fric
 
 
+@ti.func
+def _supporting(pairs: ti.template(), pn: ti.template(), p, g) -> ti.i32:
+    """1 for a face contact (3+ points) that carries weight: its normal within 45 degrees of
+    gravity. Its centroid rows then push the bodies without turning them (the block solution
+    of a resting face, which Gauss-Seidel over the corners alone approaches by walking the body
+    sideways); side contacts keep the full coupling, which is what stays stable there.
+    """
+    r = 0
+    gn = g.norm()
+    if pairs[p, 2] >= 3 and gn > 0.0:
+        if ti.abs(get3(pn, p, 0).dot(g)) > 0.7071 * gn:
+            r = 1
+    return r
+
+
 @ti.kernel
 def substep(
     bf: F2, bi: I2, si: I2, pairs: I2, pn: F2, cf: F2, bdf: F2, bdi: I2, units: I2,
@@ -164,8 +185,8 @@ def substep(
                 k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, dirn, ra, rb, c, limit = contact_position_row(
                     bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu)
-                if k < 0 and pairs[idx, 2] >= 3:
-                    angular = 2  # a face contact: its centroid rows move, the corners turn
+                if k < 0 and _supporting(pairs, pn, idx, g) != 0:
+                    angular = 2  # a face contact's centroid rows move it, the corner rows turn
             else:
                 valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
             if valid != 0:
@@ -213,8 +234,9 @@ def substep(
             if kind == CONTACT:
                 k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, imp, ra, rb, energy = contact_velocity_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, fric, h, g.norm(), ground_mu)
-                if k < 0 and pairs[idx, 2] >= 3:
+                    bf, bi, si, pairs, pn, cf, idx, k, fric, h, g / ti.max(g.norm(), 1e-30),
+                    g.norm(), ground_mu)
+                if k < 0 and fric != 0 and _supporting(pairs, pn, idx, g) != 0:
                     angular = 2
             else:
                 valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r)
