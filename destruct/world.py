@@ -125,6 +125,7 @@ class World:
         self.time = 0.0
         self.steps = 0
         self.injected_energy = 0.0  # [J] kinetic energy added by charges (for blow-up guards)
+        self.breakable = True  # False: bonds hold whatever the load (stresses still measured)
         _, bodies, _, _, bonds, _ = _k()
         self._bf = np.zeros((0, bodies.NBF))
         self._bi = np.zeros((0, bodies.NBI), dtype=np.int32)
@@ -327,37 +328,27 @@ class World:
             self.time += dt
             self.steps += 1
             return
-        _, bodies, _, _, bonds, solve = _k()
-        npairs = self._detect(dt)
+        _, bodies, _, contacts, bonds, solve = _k()
+        npairs = self._detect(dt, narrow=False)
         d = self._dev
-        solve.build_units(d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"],
-                          d["blist"], d["xstart"], d["xlist"], d["units"], d["count"])
-        nunits = int(d["count"][0])
         h = dt / substeps
         g = self.gravity
+        nunits = 0
         for s in range(substeps):
-            solve.substep(
-                d["bf"],
-                d["bi"],
-                d["si"],
-                d["pairs"],
-                d["pn"],
-                d["cf"],
-                d["bdf"],
-                d["bdi"],
-                d["units"],
-                nunits,
-                h,
-                g[0],
-                g[1],
-                g[2],
-                self.ground_friction,
-                int(s == 0),
-                s % 2,
-                self.iterations,
-            )
+            # contacts anew every substep (pairs once per step, grown by the step's motion):
+            # normals and points of fast-turning pieces would go stale over a whole frame
+            if npairs:
+                contacts.narrowphase(d["bf"], d["si"], d["hv"], d["hp"], h, CONTACT_MARGIN,
+                                     npairs, d["pairs"], d["pn"], d["cf"])
+            solve.build_units(d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"],
+                              d["blist"], d["xstart"], d["xlist"], d["units"], d["count"])
+            nunits = int(d["count"][0])
+            solve.substep(d["bf"], d["bi"], d["si"], d["pairs"], d["pn"], d["cf"], d["bdf"],
+                          d["bdi"], d["units"], nunits, h, g[0], g[1], g[2],
+                          self.ground_friction, int(s == 0), s % 2, self.iterations)
         if self.num_bonds:
-            bonds.bonds_end_step(d["bf"], d["bi"], d["bdf"], d["bdi"], substeps)
+            bonds.bonds_end_step(d["bf"], d["bi"], d["bdf"], d["bdi"], substeps,
+                                 int(self.breakable))
         solve.wake_touched(
             d["bf"], d["bi"], d["si"], d["pairs"], d["bdi"], d["units"], nunits, WAKE_SPEED
         )
@@ -368,8 +359,8 @@ class World:
         self.steps += 1
         self._host_fresh = False
 
-    def _detect(self, dt: float) -> int:
-        """Upload edits, then broadphase + narrowphase; returns the number of pairs."""
+    def _detect(self, dt: float, narrow: bool = True) -> int:
+        """Upload edits, then broadphase (+ narrowphase); returns the number of pairs."""
         _, _, bp, contacts, _, _ = _k()
         self._push()
         d = self._dev
@@ -383,6 +374,7 @@ class World:
         if npairs:
             bp.write_pairs(d["bi"], d["si"], d["sb"], d["gstart"], d["gitems"], d["aux"], ground,
                            d["pstart"], d["pairs"])
+        if npairs and narrow:
             contacts.narrowphase(d["bf"], d["si"], d["hv"], d["hp"], dt, CONTACT_MARGIN, npairs,
                                  d["pairs"], d["pn"], d["cf"])
         return npairs
@@ -419,7 +411,7 @@ class World:
         self._excluded = np.unique(np.concatenate([self._excluded, new]), axis=0)
         self._geometry_changed = True
         self._upload = True
-        return int(len(new))
+        return len(new)
 
     def _ensure_pairs(self, npairs: int) -> None:
         backend, _, _, contacts, _, _ = _k()
@@ -598,6 +590,20 @@ class World:
                 self._bf[i, 10:13] += iinv @ np.cross(points[k] - self._bf[i, 0:3], j)
         self.wake(bodies)
 
+    def sleep_all(self) -> None:
+        """Put every dynamic body to sleep at rest (and forget the bonds' last stresses).
+
+        A settled structure then stays exactly as it is until something touches it: a charge,
+        an impactor, a falling piece (DESIGN.md section 6: sleeping for bodies at rest).
+        """
+        _, _, _, _, BD, _ = _k()
+        self._edit()
+        dyn = self._bi[:, 0] == 0
+        self._bi[dyn, 1] = 1
+        self._bi[dyn, 2:4] = 0
+        self._bf[dyn, 7:13] = 0.0
+        self._bdf[:, BD.RATIO] = 0.0
+
     def wake(self, bodies: np.ndarray) -> None:
         """Wake the given bodies."""
         self._edit()
@@ -610,8 +616,8 @@ class World:
     ) -> dict[str, int]:
         """An explosive charge: radial impulses with falloff, bonds inside the radius destroyed.
 
-        A body whose centre is at distance r < radius gets ``impulse * (1 - r/radius)^2`` [N s]
-        away from the centre; every intact bond whose point lies inside the radius breaks now
+        ``impulse`` [N s] is the charge's total: a body whose centre is at distance r < radius
+        gets the share (1 - r/radius)^2 / sum of those shares, away from the centre; every intact bond whose point lies inside the radius breaks now
         (:meth:`new_breaks` reports them). Returns counts of bodies pushed and bonds broken.
         """
         _, _, _, _, BD, _ = _k()
@@ -623,7 +629,8 @@ class World:
         hit = np.flatnonzero((r < radius) & (self._bi[:, 0] == 0))
         dirs = d[hit] / np.maximum(r[hit], 1e-9)[:, None]
         dirs[r[hit] < 1e-9] = (0.0, 1.0, 0.0)
-        mag = impulse * (1.0 - r[hit] / radius) ** 2
+        weight = (1.0 - r[hit] / radius) ** 2
+        mag = impulse * weight / max(weight.sum(), 1e-300)
         ke0 = self.kinetic_energy()
         self.apply_impulse(hit, dirs * mag[:, None])
         self.injected_energy += max(self.kinetic_energy() - ke0, 0.0)

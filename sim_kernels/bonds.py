@@ -116,8 +116,11 @@ def bond_velocity_row(bf: ti.template(), bi: ti.template(), bdf: ti.template(),
 
 
 @ti.kernel
-def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32):
-    """Stress of every intact bond from its step-averaged load; break, damage, wake."""
+def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32, breakable: ti.i32):
+    """Stress of every intact bond from its step-averaged load; break, damage, wake.
+
+    breakable = 0 only measures (a building settling in its pre-roll).
+    """
     for k in range(bdi.shape[0]):
         if bdi[k, BROKEN] == 0:
             a = bdi[k, A]
@@ -139,13 +142,13 @@ def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32):
                 bdf[k, RATIO] = ti.max(
                     sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP]))
             area = bdf[k, AREA]
-            impact = bf[a, IMPACT]
+            impact = bf[a, IMPACT] * breakable
             if b >= 0:
                 impact = ti.max(impact, bf[b, IMPACT])
             dmg = bdf[k, DMG] + impact / (bdf[k, TEN] * area * IMPACT_TOUGHNESS_LENGTH)
             dmg = ti.min(dmg, 1.0)
             bdf[k, DMG] = dmg
-            if bdf[k, RATIO] >= 1.0 - dmg or dmg >= 1.0:
+            if breakable != 0 and (bdf[k, RATIO] >= 1.0 - dmg or dmg >= 1.0):
                 bdi[k, BROKEN] = 1
                 bdf[k, DMG] = 1.0
                 bi[a, WAKE] = 1

@@ -311,9 +311,8 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
     valid = 0
     energy = 0.0
     mode = 0
-    if k < 0 and fric != 0 and pairs[p, 2] >= 3:
-        if ti.abs(get3(pn, p, 0).dot(g_dir)) > 0.7071:
-            mode = 2  # a resting face's friction moves it as a whole (see solve._supporting)
+    if k < 0 and fric != 0 and pairs[p, 2] >= 3 and ti.abs(get3(pn, p, 0).dot(g_dir)) > 0.7071:
+        mode = 2  # a resting face's friction moves it as a whole (see solve._supporting)
     if lam > 0.0:
         n = get3(pn, p, 0)
         la, lb = _point(cf, pairs, p, k)

@@ -132,9 +132,8 @@ def _supporting(pairs: ti.template(), pn: ti.template(), p, g) -> ti.i32:
     """
     r = 0
     gn = g.norm()
-    if pairs[p, 2] >= 3 and gn > 0.0:
-        if ti.abs(get3(pn, p, 0).dot(g)) > 0.7071 * gn:
-            r = 1
+    if pairs[p, 2] >= 3 and gn > 0.0 and ti.abs(get3(pn, p, 0).dot(g)) > 0.7071 * gn:
+        r = 1
     return r
 
 
