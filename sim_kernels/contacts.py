@@ -47,6 +47,7 @@ NCF = 8
 PN_LAM, PN_JN, PN_LEFT = 3, 4, 5
 NPN = 6
 IMPACT_SPEED = 1.0  # m/s: approach speeds above this damage the bonds of both bodies
+MAX_DEPENETRATION = 2.0  # m/s: fastest a contact pushes overlapping bodies apart
 
 
 @ti.func
@@ -253,8 +254,11 @@ def _point(cf: ti.template(), pairs: ti.template(), p, k):
 @ti.func
 def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
                          pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
-                         ground_mu):
+                         ground_mu, h):
     """Non-penetration (fric = 0) or static friction (fric = 1) of point k (k < 0: centroid).
+
+    A penetration is pushed out by at most MAX_DEPENETRATION * h per substep: the push becomes
+    velocity (v = dx / h), and a piece squeezed between others would leave at tens of m/s.
 
     Returns (valid, direction on A, offset on A, offset on B, error to remove [m], limit on the
     multiplier [kg m]).
@@ -274,7 +278,7 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
     c = 0.0
     limit = 1e30
     if fric == 0:
-        c = n.dot(pb - pa)
+        c = ti.min(n.dot(pb - pa), MAX_DEPENETRATION * h)
         if c > 0.0:
             valid = 1
     elif budget > 0.0:

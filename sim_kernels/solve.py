@@ -183,7 +183,7 @@ def substep(
             if kind == CONTACT:
                 k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, dirn, ra, rb, c, limit = contact_position_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu)
+                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h)
                 if k < 0 and _supporting(pairs, pn, idx, g) != 0:
                     angular = 2  # a face contact's centroid rows move it, the corner rows turn
             else:
