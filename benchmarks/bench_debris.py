@@ -5,7 +5,8 @@ Each case runs in a fresh interpreter, so its peak resident memory is its own an
 initialised for it alone. Rubble: bits emitted 1-9 m above the ground over a 60 m square with
 400 box pieces (1.5 m) standing in it, stepped at 24 fps with 8 substeps while they fall, bounce
 and settle (timed over the first simulated second: the busy part; sleeping bits cost almost
-nothing). Dust: passive particles, one exact drag update per frame, curl noise.
+nothing: ``settled_seconds_per_step`` is measured two seconds later, with the share of bits
+still awake). Dust: passive particles, one exact drag update per frame, curl noise.
 ``updates_per_second`` counts one particle advanced by one substep (rubble) or one frame (dust).
 
     python benchmarks/bench_debris.py [--quick]     # writes benchmarks/results/debris.json + .md
@@ -81,6 +82,20 @@ def _case(kind: str, n: int) -> dict:
     snap = d.snapshot()
     snap_s = time.perf_counter() - t0
     updates = live * (SUBSTEPS if kind == "rubble" else 1)
+    settled = {}
+    if kind == "rubble":  # two seconds later most bits sleep: what a resting pile costs
+        for _ in range(2 * FPS):
+            d.set_colliders(hulls, np.arange(len(pos)), pos, rot, zeros, zeros)
+            d.step(1 / FPS, SUBSTEPS)
+        t0 = time.perf_counter()
+        for _ in range(6):
+            d.set_colliders(hulls, np.arange(len(pos)), pos, rot, zeros, zeros)
+            d.step(1 / FPS, SUBSTEPS)
+        awake = int((d.state()["debris_rubble_i"][:, 1] == 0).sum())
+        settled = {
+            "settled_seconds_per_step": (time.perf_counter() - t0) / 6,
+            "settled_awake_fraction": awake / max(live, 1),
+        }
     return {
         "name": f"debris_{kind}",
         "particles": int(live),
@@ -90,6 +105,7 @@ def _case(kind: str, n: int) -> dict:
         "emit_seconds": emit_s,
         "snapshot_seconds": snap_s,
         "snapshot_mib": sum(a.nbytes for a in snap.values()) / 2**20,
+        **settled,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "load_average": round(os.getloadavg()[0], 2),  # other work sharing the cores
     }

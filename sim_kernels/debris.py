@@ -551,7 +551,8 @@ def rubble_step(
     v_wake: f64,
     tol: f64,
     used: i32,
-):
+    check_sleepers: i32,
+) -> i32:
     """One step of dt for every rubble bit, all substeps in one pass: within a step a moving bit
     meets only things whose path is known, so bits need no synchronisation: the hulls (poses
     interpolated from the step's start to its end), the ground, and the bits that were asleep
@@ -567,18 +568,21 @@ def rubble_step(
        positions, and restitution along each contact normal.
     3. Bits touching something and slower than v_sleep for calm_steps steps fall asleep.
 
-    Only the first ``used`` slots are looked at (slots fill from 0).
+    Only the first ``used`` slots are looked at (slots fill from 0). With ``check_sleepers`` 0
+    (the host knows nothing moved: static hulls, no bit woke or slept in the last step, nothing
+    emitted) step 1 is skipped. Returns how many bits woke or fell asleep.
     """
     g = vec3(gx, gy, gz)
     h = dt / substeps
     v_bounce = 2.0 * g.norm() * h
+    changed = 0
     for i in range(used):
         if ri[i, ALIVE] == 1:
             r = rf[i, RAD]
             mu = rf[i, MU]
             e_rest = rf[i, REST]
             x = get3(rf, i, X)
-            if ri[i, SLEEP] == 1:
+            if ri[i, SLEEP] == 1 and check_sleepers == 1:
                 supported = 0
                 wake = 0
                 if ground == 1 and x[1] - r < tol:
@@ -618,6 +622,7 @@ def rubble_step(
                 if wake == 1 or supported == 0:
                     ri[i, SLEEP] = 0
                     ri[i, CALM] = 0
+                    changed += 1
             if ri[i, SLEEP] == 0:
                 v = get3(rf, i, V)
                 w = get3(rf, i, W)
@@ -707,6 +712,8 @@ def rubble_step(
                     ri[i, SLEEP] = 1
                     set3(rf, i, V, vec3(0.0))
                     set3(rf, i, W, vec3(0.0))
+                    changed += 1
+    return changed
 
 
 # ---- dust --------------------------------------------------------------------------------------

@@ -374,3 +374,31 @@ def test_rubble_piles_up_on_resting_rubble():
     np.fill_diagonal(gap, np.inf)
     supported = (x[:, 1] - r < 1e-3) | ((gap < 2e-3) & (x[None, :, 1] < x[:, None, 1])).any(axis=1)
     assert supported.all()
+
+
+def test_resume_while_settled_next_to_a_static_piece():
+    """Once nothing moves, steps skip the sleepers' checks and reuse the resting grid; a resumed
+    run must make the same choices (the checkpoint carries that flag)."""
+    hulls = hull_planes_from_points([box((1.0, 0.5, 1.0))])
+    pose = ([[0, 0.5, 0]], [[1, 0, 0, 0]], [[0, 0, 0]], [[0, 0, 0]])
+    pts = np.column_stack([np.linspace(-2, 2, 9), np.full(9, 2.0), np.zeros(9)])
+
+    def run(d, f0, f1, saved_at=None):
+        saved = None
+        for f in range(f0, f1):
+            d.set_colliders(hulls, [0], *pose)
+            d.step(DT, SUB)
+            if f in (0, 60):
+                d.emit_breaks(**breaks(pts, area=0.1, per_break=60.0), time=d.time)
+            if f + 1 == saved_at:
+                saved = d.state()
+        return d.snapshot(), saved
+
+    a = DebrisSystem(seed=13, max_rubble=500, max_dust=10)
+    ref, saved = run(a, 0, 80, saved_at=50)
+    assert saved["debris_counters"][8] == 1  # quiet when saved: everything was asleep
+    b = DebrisSystem(seed=13, max_rubble=500, max_dust=10)
+    b.load_state(saved)
+    out, _ = run(b, 50, 80)
+    for k in ref:
+        assert np.array_equal(ref[k], out[k]), k
