@@ -158,3 +158,48 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
     for n in names:
         for key, value in clean[n].items():
             np.testing.assert_array_equal(resumed[n][key], value, err_msg=f"{n}:{key}")
+
+
+@pytest.fixture(scope="module")
+def default_fracture(tmp_path_factory):
+    """The bundled default shot's fracture/ (about 800 pieces), prepared once."""
+    import destruct
+    from destruct.fracture import write_fracture
+
+    shot = destruct.load_shot(destruct.default_shot_path())
+    folder = tmp_path_factory.mktemp("default")
+    write_fracture(destruct.prepare(shot), folder / "fracture")
+    return shot, folder
+
+
+def _default_run(default_fracture, tmp_path, frames, charges):
+    import shutil
+
+    shot, folder = default_fracture
+    shutil.copytree(folder / "fracture", tmp_path / "fracture")
+    data = shot.model_dump()
+    data["shot"]["frames"] = frames
+    data["debris"]["enabled"] = False
+    data["sim"]["backend"] = "cpu"
+    if not charges:
+        data["charges"] = []
+    ctx = StageContext(shot=shot_from_dict(data), run=RunDir(tmp_path), stage=Stage.SIMULATE,
+                       frames=list(range(1001, 1001 + frames)), quiet=True)
+    return run_simulate(ctx)
+
+
+@pytest.mark.slow
+def test_default_building_stands_without_charges(default_fracture, tmp_path):
+    figures = _default_run(default_fracture, tmp_path, 49, charges=False)  # 2 s after frame 1001
+    first, last = frame(tmp_path, 1001), frame(tmp_path, 1049)
+    assert not last["bond_broken"].any() and figures["bonds_broken"] == 0
+    assert np.linalg.norm(last["position"] - first["position"], axis=1).max() < 0.02
+
+
+@pytest.mark.slow
+def test_default_building_collapses_when_the_charges_fire(default_fracture, tmp_path):
+    _default_run(default_fracture, tmp_path, 121, charges=True)  # 5 s
+    y0 = frame(tmp_path, 1001)["position"][:, 1]
+    y1 = frame(tmp_path, 1121)["position"][:, 1]
+    above = y0 > 3.5  # above the first floor (storey height 3.5 m)
+    assert ((y1 < y0 / 2) & above).sum() >= 0.7 * above.sum()
