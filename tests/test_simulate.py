@@ -203,3 +203,42 @@ def test_default_building_collapses_when_the_charges_fire(default_fracture, tmp_
     y1 = frame(tmp_path, 1121)["position"][:, 1]
     above = y0 > 3.5  # above the first floor (storey height 3.5 m)
     assert ((y1 < y0 / 2) & above).sum() >= 0.7 * above.sum()
+
+
+def test_non_finite_state_stops_with_the_frame_named(tmp_path):
+    from destruct.errors import UserError
+    from destruct.simulate import SimRecord, _Frames, _write_frame
+
+    class Broken:  # the World methods _write_frame reads, one piece gone to NaN
+        injected_energy = 0.0
+
+        def positions(self):
+            return np.array([[0.0, 1.0, 0.0], [np.nan, 0.0, 0.0]])
+
+        velocities = angular_velocities = lambda self: np.zeros((2, 3))
+        rotations = lambda self: np.tile([1.0, 0, 0, 0], (2, 1))
+        kinetic_energy = lambda self: 0.0
+
+    shot = make_ctx(tmp_path).shot
+    with pytest.raises(UserError, match="frame 1007: piece 1"):
+        _write_frame(tmp_path, 1007, _Frames(shot), Broken(), 2, None, SimRecord(), 1e6)
+    assert not (tmp_path / "frame.1007.npz").exists()
+
+
+def test_energy_blow_up_stops_with_the_frame_named(tmp_path):
+    from destruct.errors import UserError
+    from destruct.simulate import SimRecord, _Frames, _write_frame
+
+    class Hot:
+        injected_energy = 10.0
+
+        def positions(self):
+            return np.zeros((1, 3))
+
+        velocities = angular_velocities = lambda self: np.zeros((1, 3))
+        rotations = lambda self: np.array([[1.0, 0, 0, 0]])
+        kinetic_energy = lambda self: 1e9
+
+    shot = make_ctx(tmp_path).shot
+    with pytest.raises(UserError, match="frame 1003: kinetic energy"):
+        _write_frame(tmp_path, 1003, _Frames(shot), Hot(), 1, None, SimRecord(), 100.0)
