@@ -3,8 +3,9 @@
 The World keeps the body, shape and bond tables as numpy arrays on the host and as Taichi
 ndarrays on the device, and calls the kernel phases of ``sim_kernels`` in order each step::
 
-    broadphase (hashed grid) -> narrowphase (manifolds) -> constraint list
-    -> substeps x [predict, solve positions, update velocities, solve velocities]
+    broadphase (hashed grid, pairs grown by the step's motion)
+    -> substeps x [narrowphase (manifolds), constraint list, predict,
+                   solve positions (Gauss-Seidel sweeps), update velocities, solve velocities]
     -> bond stresses and breaks -> wake / sleep
 
 Host edits (new bodies and bonds, impulses, charges, kinematic targets, weakening) go to the

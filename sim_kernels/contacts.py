@@ -14,7 +14,7 @@ pieces apart).
 Contact rows (``cf: (P * MAXC, NCF) f64``): RA point on A in A's body frame, RB point on B in
 B's body frame (world point for the ground), LAM normal multiplier of the last substep [kg m], JN normal impulse of its
 velocity pass [N s].
-``pn: (P, NPN) f64`` world normal from B towards A, fixed over a step (3); PN_LAM, PN_JN the
+``pn: (P, NPN) f64`` world normal from B towards A (3), found anew every substep; PN_LAM, PN_JN the
 multiplier and normal impulse of the manifold's centroid row in the last substep, PN_LEFT the
 friction budget the centroid rows left to the corner rows (multiplier, then impulse). Without
 it the corners would spend the centroid's normal load on friction a second time.
