@@ -2,7 +2,8 @@
 
 :class:`DebrisSystem` is the host side of ``sim_kernels/debris.py``: it owns the particle tables,
 turns broken bonds and charges into emission sources, and steps rubble (small rigid spheres that
-collide with the ground and, one way, with the pieces' convex hulls) and dust (passive particles:
+collide with the ground, one way with the pieces' convex hulls, and land on rubble already at
+rest, so they pile up; bits in flight pass through each other) and dust (passive particles:
 drag, rise, curl-noise turbulence, growth and fade). The simulate stage drives it once per frame::
 
     debris = DebrisSystem(seed=shot.shot.seed, max_dust=shot.debris.max_particles,
@@ -580,9 +581,9 @@ class DebrisSystem:
     # ---- stepping ----
 
     def step(self, dt: float, substeps: int) -> None:
-        """Advance by dt [s]: rubble in ``substeps`` substeps against the ground and the hulls
-        (moving from the previous to the latest :meth:`set_colliders` poses), dust in one exact
-        drag update; then the clock moves on by dt."""
+        """Advance by dt [s]: rubble in ``substeps`` substeps against the ground, the hulls
+        (moving from the previous to the latest :meth:`set_colliders` poses) and the bits that
+        were at rest; dust in one exact drag update; then the clock moves on by dt."""
         K = self._K
         if not (dt > 0 and math.isfinite(dt)) or int(substeps) < 1:
             raise ValueError(f"dt must be > 0 and substeps >= 1, got {dt}, {substeps}")
