@@ -2,7 +2,8 @@
 
 The estimates are deliberately simple upper bounds from the shot's sizes (pieces, particles,
 resolution); the per-item costs are generous round figures from the data each stage holds
-(see the comments), not yet calibrated against measured peaks. A stage whose estimate exceeds the memory available refuses to start with a message naming the
+(see the comments); the particle costs are measured peaks (benchmarks/bench_debris.py), the
+others are not yet calibrated against measured peaks. A stage whose estimate exceeds the memory available refuses to start with a message naming the
 setting to lower, instead of being killed by the OS half way through.
 """
 
@@ -19,7 +20,8 @@ PER_PIECE = {  # bytes per fractured piece held by the stage
     Stage.SIMULATE: 48 * 1024,  # hull points, planes, contacts, bonds, per-frame copies
     Stage.RENDER: 64 * 1024,  # merged mesh of two frames, GL buffers
 }
-PER_PARTICLE = 160  # dust and rubble state + per-frame cache copy [bytes]
+PER_RUBBLE = 540  # rubble bit: state + snapshot copies (measured peak, bench_debris) [bytes]
+PER_DUST = 330  # dust particle: state + snapshot copies (measured peak, bench_debris) [bytes]
 PER_PIXEL_RENDER = 3 * 160  # three frames (f-1, f, f+1) of every pass, float32 [bytes]
 PER_PIXEL_REFINE = 2400  # UNet + ControlNet activations per output pixel at fp32, batch of 2 (CFG)
 
@@ -31,8 +33,9 @@ def estimate(shot: Shot, stage: Stage) -> int:
     if stage is Stage.PREPARE:
         return BASE + pieces * PER_PIECE[stage]
     if stage is Stage.SIMULATE:
-        particles = (shot.debris.max_particles if shot.debris.dust else 0) + 50_000 * shot.debris.enabled
-        return BASE + pieces * PER_PIECE[stage] + particles * PER_PARTICLE
+        dust = shot.debris.max_particles if shot.debris.dust else 0
+        rubble = shot.debris.max_rubble if shot.debris.enabled else 0
+        return BASE + pieces * PER_PIECE[stage] + dust * PER_DUST + rubble * PER_RUBBLE
     if stage is Stage.RENDER:
         return BASE + pieces * PER_PIECE[stage] + w * h * PER_PIXEL_RENDER + shot.debris.max_particles * 64
     if stage is Stage.REFINE:  # activations only: the weights' size is known once they are found

@@ -156,6 +156,7 @@ class Debris(_Section):
     per_break: float = Field(6.0, ge=0, le=1000, description="rubble bits per m^2 of broken bond area")
     dust: bool = Field(True, description="emit dust particles")
     max_particles: int = Field(200_000, ge=0, le=MAX_PARTICLES, description="cap on live dust particles")
+    max_rubble: int = Field(50_000, ge=0, le=MAX_PARTICLES, description="cap on live rubble bits (oldest recycled)")
 
 
 class CameraKey(_Section):
