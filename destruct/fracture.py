@@ -1086,6 +1086,11 @@ REPAIR_NOTES = {
 }
 
 
+#: A volume mismatch above this is not round-off: the input's signed volume is meaningless
+#: (a self-intersecting surface), so the pieces cannot be trusted.
+VOLUME_REFUSE = 1e-3
+
+
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
     """The ``prepare`` stage: shot -> ``fracture/`` (pieces.npz, bonds.npz, fracture.json)."""
     t0 = time.perf_counter()
@@ -1094,6 +1099,12 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     for key, what in REPAIR_NOTES.items():
         if scene.repair.get(key):
             ctx.warn(f"mesh import: {len(scene.repair[key])} {what} (see fracture/fracture.json)")
+    if scene.volume_error > VOLUME_REFUSE:
+        raise UserError(
+            f"the fractured pieces hold {scene.pieces_volume:.6g} m^3 but the building encloses "
+            f"{scene.input_volume:.6g} m^3 (relative error {scene.volume_error:.2g}): the mesh probably "
+            "intersects itself; remove the self-intersections in your modelling tool"
+        )
     if scene.volume_error > 1e-6:
         ctx.warn(f"fracture lost volume: relative error {scene.volume_error:.2e} (expected < 1e-6)")
     write_fracture(scene, ctx.path("fracture", "pieces.npz").parent)

@@ -71,3 +71,15 @@ def test_bad_flags(tmp_path, capsys):
     _expect_one_clear_line(capsys, ["run", "--frames", "5:1", "--out", str(tmp_path)], "--frames '5:1'")
     _expect_one_clear_line(capsys, ["run", "--backend", "metal", "--out", str(tmp_path)], "--backend 'metal'")
     _expect_one_clear_line(capsys, ["validate", str(tmp_path / "missing.toml")], "does not exist")
+
+
+def test_a_non_manifold_edge_is_two_solids_not_an_error(tmp_path, capsys):
+    """Two cubes sharing one edge (a non-manifold edge) import as two exact parts."""
+    import json
+
+    shot = tmp_path / "s.toml"
+    shot.write_text(f'[building]\nmesh = "{CORPUS / "meshes" / "nonmanifold_edge.obj"}"\n[fracture]\npieces = 4\n')
+    assert main(["run", str(shot), "--stages", "prepare", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    info = json.loads((tmp_path / "run" / "fracture" / "fracture.json").read_text())
+    assert info["repair"]["parts"] == 2 and abs(info["input_volume"] - 2.0) < 1e-9
+    assert info["volume_error"] < 1e-6
