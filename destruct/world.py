@@ -269,13 +269,18 @@ class World:
         tensile: float = 2e6,
         shear: float = 3e6,
         compressive: float = 3e7,
+        *,
+        modulus: float | None = None,
     ) -> int:
         """Glue body a to body b (b = -1: to the fixed ground) at world ``point``; return its index.
 
         ``normal``: unit normal of the shared face from a towards b (world, at the current
         poses). ``area`` [m^2]; ``tensile``, ``shear``, ``compressive`` strengths [Pa]: the bond
         breaks when a stress, from the load averaged over a step's substeps, exceeds one of
-        them (scaled down by accumulated damage).
+        them (scaled down by accumulated damage). The glue is elastic with Young's ``modulus``
+        [Pa] (default from the compressive strength, ACI 318: E = 4700 sqrt(f_c / MPa) MPa) over
+        the distance between the two centres of mass (twice the centre-to-point distance for
+        the ground), so redundant bonds share loads by their stiffness.
         """
         _, _, _, _, BD, _ = _k()
         self._pull()  # the bodies' poses
@@ -309,6 +314,13 @@ class World:
         row[BD.NRM : BD.NRM + 3] = _qrot(_qconj(qa), nw)
         row[BD.AREA] = area
         row[BD.TEN], row[BD.SHR], row[BD.CMP] = tensile, shear, compressive
+        e = float(modulus) if modulus is not None else 4.7e9 * np.sqrt(compressive / 1e6)
+        if not e > 0:
+            raise UserError(f"add_bond: modulus must be positive [Pa], got {modulus}")
+        xb = self._bf[b, 0:3] if b >= 0 else 2 * p - self._bf[a, 0:3]
+        length = max(float(np.linalg.norm(xb - self._bf[a, 0:3])), 1e-3)
+        row[BD.APOS] = length / (e * area)
+        row[BD.AROT] = length / (e * area * area / 12.0)
         self._pending["bdf"].append(row[None])
         self._pending["bdi"].append(np.array([[a, b, 0]], dtype=np.int32))
         self._nbond += 1

@@ -8,7 +8,12 @@ Bond tables, one row per bond in the order added:
     AREA [m^2], TEN / SHR / CMP strengths [Pa], DMG damage 0..1 (strengths scale by 1 - DMG),
     FACC force on A summed over the step's substeps [N] (3), TACC torque on A [N m] (3),
     RATIO the largest stress / strength of the last step a body of the bond moved in (the bond
-    breaks when RATIO >= 1 - DMG).
+    breaks when RATIO >= 1 - DMG), LROT / LPOS the rows' multipliers summed over this substep's
+    sweeps, AROT / APOS their compliances: L / (E I) [rad / (N m)] and L / (E A) [m / N].
+
+Compliance (XPBD) makes the glue elastic with the material's stiffness, so redundant bonds
+share a load by stiffness: a bond over a sliver of area cannot take the bending moment of a
+full face (rigid constraints would split loads by the Gauss-Seidel order instead).
 ``bdi: (B, NBDI) i32``  A, B (-1 = ground), BROKEN (0/1).
 
 Breaking follows the parallel-bond model of Potyondy & Cundall (2004): normal stress from
@@ -38,7 +43,8 @@ from sim_kernels.contacts import _attach
 RA, RB, QREL, NRM, AREA, TEN, SHR, CMP, DMG, FACC, TACC, RATIO = (
     0, 3, 6, 10, 13, 14, 15, 16, 17, 18, 21, 24,
 )
-NBD = 25
+LROT, LPOS, AROT, APOS = 25, 26, 27, 28
+NBD = 29
 A, B, BROKEN = 0, 1, 2
 NBDI = 3
 IMPACT_TOUGHNESS_LENGTH = 0.01  # m: impact energy that breaks a bond = tensile * area * this

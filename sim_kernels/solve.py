@@ -28,7 +28,17 @@ from sim_kernels.bodies import (
     update_body_velocity,
     w_pair,
 )
-from sim_kernels.bonds import BROKEN, FACC, TACC, bond_position_row, bond_velocity_row
+from sim_kernels.bonds import (
+    APOS,
+    AROT,
+    BROKEN,
+    FACC,
+    LPOS,
+    LROT,
+    TACC,
+    bond_position_row,
+    bond_velocity_row,
+)
 from sim_kernels.contacts import (
     LAM,
     MAXC,
@@ -164,6 +174,9 @@ def substep(
         kind = units[u, 0]
         idx = units[u, 1]
         nrows = 2
+        if kind == BOND and it == 0:
+            bdf[idx, LPOS] = 0.0
+            bdf[idx, LROT] = 0.0
         if kind == CONTACT:
             nrows = 2 + 2 * pairs[idx, 2]
             if it == 0:
@@ -192,7 +205,17 @@ def substep(
             else:
                 valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
             if valid != 0:
-                lam = c / w_pair(bf, bi, a, b, ra, rb, dirn, angular)
+                wsum = w_pair(bf, bi, a, b, ra, rb, dirn, angular)
+                lam = c / wsum
+                if kind == BOND:  # XPBD with compliance: d lam = (C - a~ lam_sum) / (w + a~)
+                    col_l = LPOS
+                    col_a = APOS
+                    if angular != 0:
+                        col_l = LROT
+                        col_a = AROT
+                    at = bdf[idx, col_a] / (h * h)
+                    lam = (c - at * bdf[idx, col_l]) / (wsum + at)
+                    bdf[idx, col_l] += lam
                 if lam <= limit:
                     apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0)
                     if kind == CONTACT:
