@@ -222,3 +222,45 @@ def test_sim_from_another_fracture_or_blown_up_is_a_user_error(tmp_path):
     write_run(tmp_path, pc, {1001: sim_frame(1001, [[0.0, np.nan, 0.0], [2.0, 0.5, 0.0]])})
     with pytest.raises(UserError, match="not finite"):
         RenderSetup(shot, tmp_path)
+
+
+def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_ground():
+    """A unit box on the ground under the sun: the lit top face and lit ground show albedo x
+    (sky + sun x cos / pi x 0.96^2) through pyrender's gamma 2.2; the ground where the box
+    blocks the sun shows albedo x sky only."""
+    from destruct.camera import CameraFrame, look_at_rotation
+    from destruct.render import gl as G
+    from destruct.render.scene import PieceMesh, bodies_from_sim, material_looks
+
+    pc = box_pieces([[0.0, 0.5, 0.0]], [[1.0, 1.0, 1.0]])
+    looks = material_looks(pc["material_names"])
+    pm = PieceMesh(pc, looks)
+    mesh = pm.pose(bodies_from_sim(sim_frame(1001, [[0.0, 0.5, 0.0]]), 1, 1))
+    pos = np.array([-4.0, 3.0, -4.0])
+    cam = CameraFrame(pos, look_at_rotation(pos, [0.0, 0.3, 0.0]), 35.0, 36.0, 160, 120)
+    gl = G.GLRenderer(160, 120, ground_half_size=50.0, shadow_extent=2.0)
+    try:
+        img = gl.render(mesh, cam, 0.05, 200.0).astype(np.float64)
+    finally:
+        gl.close()
+    sun = np.asarray(G.SUN_DIRECTION) / np.linalg.norm(G.SUN_DIRECTION)
+    nl = -sun[1]  # both the top face and the ground face +y
+    direct = 0.96 * 0.96 / np.pi * G.SUN_INTENSITY * np.asarray(G.SUN_COLOR) * nl
+    sky = np.asarray(G.SKY_AMBIENT)
+
+    def pixel(p):
+        uv, _ = cam.project(np.array([p], float))
+        u, v = np.floor(uv[0]).astype(int)
+        return img[v, u, :3]
+
+    def expect(albedo, light):
+        return 255.0 * np.clip(np.asarray(albedo) * light, 0, 1) ** (1 / 2.2)
+
+    np.testing.assert_allclose(
+        pixel([0.0, 1.0, 0.0]), expect(looks[0].color, sky + direct), atol=2.0
+    )
+    np.testing.assert_allclose(
+        pixel([1.5, 0.0, -1.5]), expect(G.GROUND_COLOR, sky + direct), atol=2.0
+    )
+    # (-0.9, 0, -0.8) + s (0.45, 0.8, 0.4) enters the box at s ~ 0.9: in its shadow
+    np.testing.assert_allclose(pixel([-0.9, 0.0, -0.8]), expect(G.GROUND_COLOR, sky), atol=2.0)

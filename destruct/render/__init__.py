@@ -106,6 +106,8 @@ class RenderSetup:
                 )
                 max_rubble = max(max_rubble, int(d["rubble_id"].max()))
         self.bounds = (lo, hi)
+        # the sun's shadow map covers this far around the scene's centre (GLRenderer)
+        self.shadow_extent = float(np.linalg.norm(hi - lo))
         self.n_bodies = self.mesh.n_pieces + max_rubble + 1
         self.near, self.far = depth_range(
             bounds_corners(lo, hi), [c.view_matrix() for c in self.cameras.values()]
@@ -242,6 +244,7 @@ def run_render(ctx) -> dict[str, Any]:
             cam0.height,
             ground_half_size=setup.ground.half_size,
             ground_center=setup.ground.center,
+            shadow_extent=setup.shadow_extent,
         )
     plate = shot.render.plate
     last = setup.frames_all[-1]
