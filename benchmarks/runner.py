@@ -23,9 +23,16 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def discover(only: str | None = None) -> list[str]:
-    """Module names ``bench_*`` in this folder, filtered by substring."""
+    """Module names ``bench_*`` in this folder. ``only``: comma-separated names, each matching a
+    module exactly (``sim`` or ``bench_sim``), or else every module containing it."""
     names = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    return [n for n in names if only is None or only in n]
+    if only is None:
+        return names
+    out: set[str] = set()
+    for w in (w.strip() for w in only.split(",") if w.strip()):
+        exact = [n for n in names if n in (w, f"bench_{w}")]
+        out.update(exact or [n for n in names if w in n])
+    return sorted(out)
 
 
 def _key(rec: dict[str, Any]) -> tuple:

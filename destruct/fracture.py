@@ -930,7 +930,7 @@ def prepare(shot: Shot, *, progress: Callable[[int, str], Any] | None = None) ->
         shot.fracture.pieces,
         seed,
         _detail_of(shot),
-        overrides=_overrides_of(shot),
+        overrides=material_overrides(shot),
         anchor_to_ground=bool(shot.sim.anchor_to_ground),
         progress=progress,
         threads=int(getattr(shot.sim, "threads", 0) or 0),
@@ -940,7 +940,7 @@ def prepare(shot: Shot, *, progress: Callable[[int, str], Any] | None = None) ->
     return scene
 
 
-def _overrides_of(shot: Shot) -> dict[str, Any]:
+def material_overrides(shot: Shot) -> dict[str, Any]:
     """``shot.materials`` as {name: {key: value}} (it may be a dict or a pydantic model)."""
     m = getattr(shot, "materials", None) or {}
     if hasattr(m, "model_dump"):

@@ -183,10 +183,10 @@ class _Frames:
 
 
 def _materials(pieces: dict[str, np.ndarray], shot: Shot) -> list[Any]:
-    from destruct.fracture import _overrides_of
+    from destruct.fracture import material_overrides
     from destruct.materials import resolve
 
-    overrides = _overrides_of(shot)
+    overrides = material_overrides(shot)
     return [resolve(str(name), overrides) for name in pieces["material_names"]]
 
 
@@ -210,7 +210,7 @@ def _empty_debris() -> dict[str, np.ndarray]:
         "rubble_rotation": np.zeros((0, 4), f32), "rubble_velocity": np.zeros((0, 3), f32),
         "rubble_radius": np.zeros(0, f32), "rubble_material": np.zeros(0, i32),
         "dust_position": np.zeros((0, 3), f32), "dust_radius": np.zeros(0, f32),
-        "dust_alpha": np.zeros(0, f32),
+        "dust_alpha": np.zeros(0, f32), "rubble_age": np.zeros(0, f32), "dust_age": np.zeros(0, f32),
     }
 
 
@@ -352,11 +352,10 @@ def _art_direction(w, shot, t0: float, t1: float, impactor_ids, debris) -> None:
 def _make_debris(shot: Shot, backend: str, materials: list[Any]):
     if not shot.debris.enabled:
         return None
-    try:
-        from destruct.debris import DebrisSystem
-    except ImportError:  # the debris module is optional until issue 5 lands
-        return None
+    from destruct.debris import DebrisSystem
+
     return DebrisSystem(seed=shot.shot.seed, max_dust=shot.debris.max_particles,
+                        max_rubble=shot.debris.max_rubble,
                         dust=shot.debris.dust, gravity=shot.sim.gravity, ground=shot.sim.ground,
                         backend=backend, threads=shot.sim.threads, materials=materials)
 

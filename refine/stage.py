@@ -119,13 +119,10 @@ class PassReader:
             )
         return classes
 
-    def fingerprint(self, frames: Sequence[int]) -> list[tuple[int, int, int]]:
-        """(frame, size, mtime) of each EXR: a re-rendered frame invalidates a cached window."""
-        out = []
-        for f in frames:
-            st = self.exr_path(f).stat()
-            out.append((f, st.st_size, st.st_mtime_ns))
-        return out
+    def fingerprint(self, frames: Sequence[int]) -> list[tuple[int, str]]:
+        """(frame, sha256 of its EXR): a re-rendered frame invalidates a cached window. By
+        content, not mtime, so identical runs write identical window caches."""
+        return [(f, hashlib.sha256(self.exr_path(f).read_bytes()).hexdigest()) for f in frames]
 
 
 class _LazyFrames(Sequence):

@@ -30,3 +30,10 @@ def test_scaling_plot_fits_the_exponent(tmp_path):
     recs = [{"name": "stack", "pieces": n, "seconds_per_step": 1e-5 * n} for n in (250, 1000, 4000)]
     p = runner.scaling_plot({"sim": recs}, tmp_path / "s.png")
     assert p is not None and p.stat().st_size > 1000
+
+
+def test_only_matches_names_exactly_before_substrings():
+    assert runner.discover("sim") == ["bench_sim"]
+    assert runner.discover("bench_sim_vs_pybullet") == ["bench_sim_vs_pybullet"]
+    assert runner.discover("sim,usd") == ["bench_sim", "bench_usd"]
+    assert "bench_sim_vs_pybullet" in runner.discover("pybullet")
