@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.bench_floor import substep_traffic
+from benchmarks.bench_floor import KERNELS, substep_traffic
 from benchmarks.bench_scaling import (
     device_bytes,
     fit_exponent,
@@ -54,6 +54,10 @@ def test_pile_world_device_bytes_cover_its_tables(ti):
     assert np.all(np.diff(y) > 0.45)
     # body table 8 x 50 f64, body ints 8 x 4 i32, 8 hulls of 8 vertices x 3 f64
     assert device_bytes(w) >= 8 * 50 * 8 + 8 * 4 * 4 + 64 * 3 * 8
+    # the floor's table of a substep's launches names arrays the World really holds
+    assert {name for args in KERNELS.values() for name, _ in args} <= set(w._dev)
+    t = substep_traffic(w._dev, w.last_pairs, 0, w.last_units, w.iterations)
+    assert t["bytes_narrowphase"] >= 8 * 50 * 8 + 64 * 3 * 8  # the bodies and hull vertices
 
 
 def test_substep_traffic_counts_live_rows_once_per_read_and_write(ti):
