@@ -25,6 +25,8 @@ were smaller than the tables would move.
 World.load_state): ``(t(frame step, 8 substeps) - t(frame step, 1 substep)) / 7``, so the
 broadphase and the end-of-step phases, run once per step either way, cancel out. The scene
 is the pile of bench_scaling (every piece in contact and awake) at 1000 and 4000 pieces.
+Each launch is also timed alone (``seconds_<launch>``, with its own ``floor_share_<launch>``):
+where the substep's time goes.
 
     python -m benchmarks --only floor [--quick]
 """
@@ -125,6 +127,77 @@ def _frame_time(w, state: dict, substeps: int) -> float:
     return time.perf_counter() - t0
 
 
+def launch_seconds(w, repeats: int) -> dict[str, float]:
+    """Median wall seconds of each launch of a substep, run alone on the World's current
+    tables (the same arguments World.step passes; ``ti.sync`` around each). It moves the
+    bodies: call it last."""
+    from destruct.world import CONTACT_MARGIN
+    from sim_kernels import contacts, solve
+    from sim_kernels.backend import ti
+
+    d, npairs, g = w._dev, w.last_pairs, w.gravity
+    h = 1 / FPS / SUBSTEPS
+    nunits = int(d["count"][0])
+    calls = {
+        "narrowphase": lambda: contacts.narrowphase(
+            d["bf"],
+            d["si"],
+            d["hv"],
+            d["hp"],
+            h,
+            CONTACT_MARGIN,
+            npairs,
+            d["pairs"],
+            d["pn"],
+            d["cf"],
+        ),
+        "build_units": lambda: solve.build_units(
+            d["bi"],
+            d["si"],
+            npairs,
+            d["pairs"],
+            d["bdi"],
+            d["bstart"],
+            d["blist"],
+            d["xstart"],
+            d["xlist"],
+            d["units"],
+            d["count"],
+        ),
+        "substep": lambda: solve.substep(
+            d["bf"],
+            d["bi"],
+            d["si"],
+            d["pairs"],
+            d["pn"],
+            d["cf"],
+            d["bdf"],
+            d["bdi"],
+            d["units"],
+            nunits,
+            h,
+            g[0],
+            g[1],
+            g[2],
+            w.ground_friction,
+            0,
+            0,
+            w.iterations,
+        ),
+    }
+    out = {}
+    for name, call in calls.items():
+        times = []
+        for _ in range(repeats):
+            ti.sync()
+            t0 = time.perf_counter()
+            call()
+            ti.sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return out
+
+
 def floor_case(n: int, bandwidth_gbs: float, repeats: int) -> dict:
     w = pile_world(n)
     w.step(1 / FPS, SUBSTEPS)  # upload, first contacts, pair tables sized
@@ -136,6 +209,7 @@ def floor_case(n: int, bandwidth_gbs: float, repeats: int) -> dict:
     traffic = substep_traffic(w._dev, w.last_pairs, _contact_points(w), w.last_units, w.iterations)
     per_substep = (float(np.median(t8)) - float(np.median(t1))) / (SUBSTEPS - 1)
     floor = traffic["bytes_per_substep"] / (bandwidth_gbs * 1e9)
+    launches = launch_seconds(w, repeats)
     return {
         "name": "floor_substep",
         "pieces": n,
@@ -150,6 +224,11 @@ def floor_case(n: int, bandwidth_gbs: float, repeats: int) -> dict:
         "floor_share_with_sweeps": traffic["bytes_with_sweeps"]
         / (bandwidth_gbs * 1e9)
         / per_substep,
+        **{f"seconds_{k}": v for k, v in launches.items()},
+        **{
+            f"floor_share_{k}": traffic[f"bytes_{k}"] / (bandwidth_gbs * 1e9) / v
+            for k, v in launches.items()
+        },
         "load_average": float(_load()),
     }
 
