@@ -4,8 +4,8 @@
 nothing but stream its tables through memory once at the measured copy bandwidth
 (:func:`benchmarks.machine.memory_bandwidth_gbs`: a 256 MiB numpy copy, read + write bytes).
 ``floor_share = floor_seconds / seconds_per_substep`` is how close the solver comes to that
-floor (1.0 = bandwidth bound; much less: the time goes elsewhere: the serial Gauss-Seidel
-sweep, branches, latency).
+floor (1.0 = bandwidth bound; much less: the time goes to arithmetic and latency: the
+narrowphase's separating-axis tests of every broadphase pair, the serial Gauss-Seidel sweep).
 
 Counting rule (:func:`substep_traffic`): one substep is three kernel launches (World.step):
 ``narrowphase``, ``build_units`` and ``substep``. For each launch, every Taichi ndarray it
