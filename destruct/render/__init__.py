@@ -9,9 +9,11 @@ Frames already done are skipped; the next frame's raster is reused when frames r
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import numpy as np
 from destruct.errors import UserError
 from destruct.io import atomic_write_bytes, load_npz, save_json
 
-__all__ = ["RenderSetup", "load_plate", "run_render"]
+__all__ = ["FrameWriter", "RenderSetup", "load_plate", "run_render", "write_frame"]
 
 SIM_FORMAT = "destruct.sim/1"
 PIECES_FORMAT = "destruct.pieces/1"
@@ -151,27 +153,24 @@ def save_png_fast(path: Path, image: np.ndarray) -> None:
     )
 
 
-def write_frame(
-    out_dir: Path,
-    shot_name: str,
-    frame: int,
-    p: dict[str, np.ndarray],
-    passes: list[str],
-    *,
-    exr: bool,
-    png: bool,
-    near: float,
-    far: float,
-    names: list[str],
-    n_pieces: int,
-) -> None:
-    """The EXR and PNGs of one frame (each written atomically)."""
-    from destruct.render.exr import write_exr
-    from destruct.render.passes import linear_to_u8
-    from refine.conditioning import depth_to_control, normal_to_control, seg_to_control, to_uint8
+@dataclass
+class FrameWriter:
+    """Writes a frame's files into ``out_dir`` (``passes/``), each atomically: the EXR and the
+    PNGs are separate calls so the render stage runs them on two threads."""
 
-    stem = f"{shot_name}.{frame:04d}"
-    if exr:
+    out_dir: Path
+    shot_name: str
+    passes: list[str]
+    near: float
+    far: float
+    names: list[str]
+    n_pieces: int
+
+    def exr(self, frame: int, p: dict[str, np.ndarray]) -> None:
+        """``<shot>.<frame>.exr``: every layer of ``passes`` and the Cryptomatte."""
+        from destruct.render.exr import write_exr
+
+        passes = self.passes
         layers: dict[str, np.ndarray] = {}
         if "beauty" in passes:
             for i, c in enumerate("RGB"):
@@ -191,33 +190,78 @@ def write_frame(
         crypto = None
         if "id" in passes:
             layers["id"] = p["id"]
-            crypto = (p["id"], names, n_pieces)
+            crypto = (p["id"], self.names, self.n_pieces)
         write_exr(
-            out_dir / f"{stem}.exr",
+            self.out_dir / f"{self.shot_name}.{frame:04d}.exr",
             layers,
             cryptomatte=crypto,
-            attributes={"destruct/frame": str(frame), "destruct/depth_range": f"{near} {far}"},
+            attributes={
+                "destruct/frame": str(frame),
+                "destruct/depth_range": f"{self.near} {self.far}",
+            },
         )
-    if png:
+
+    def png(self, frame: int, p: dict[str, np.ndarray]) -> None:
+        """``{beauty,depth,normal,seg}/<shot>.<frame>.png``, ControlNet-ready."""
+        from destruct.render.passes import linear_to_u8
+        from refine.conditioning import (
+            depth_to_control,
+            normal_to_control,
+            seg_to_control,
+            to_uint8,
+        )
+
+        stem, out, passes = f"{self.shot_name}.{frame:04d}", self.out_dir, self.passes
         if "beauty" in passes:
-            save_png_fast(out_dir / "beauty" / f"{stem}.png", linear_to_u8(p["beauty"]))
+            save_png_fast(out / "beauty" / f"{stem}.png", linear_to_u8(p["beauty"]))
         if "depth" in passes:
             # one grey channel: a third of the bytes; image loaders expand it to RGB
-            grey = to_uint8(depth_to_control(p["depth"], near, far)[..., 0])
-            save_png_fast(out_dir / "depth" / f"{stem}.png", grey)
+            grey = to_uint8(depth_to_control(p["depth"], self.near, self.far)[..., 0])
+            save_png_fast(out / "depth" / f"{stem}.png", grey)
         if "normal" in passes:
             mask = np.isfinite(p["depth"])
             save_png_fast(
-                out_dir / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
+                out / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
             )
         if "seg" in passes:
-            save_png_fast(out_dir / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
+            save_png_fast(out / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
+
+
+def write_frame(
+    out_dir: Path,
+    shot_name: str,
+    frame: int,
+    p: dict[str, np.ndarray],
+    passes: list[str],
+    *,
+    exr: bool,
+    png: bool,
+    near: float,
+    far: float,
+    names: list[str],
+    n_pieces: int,
+) -> None:
+    """The EXR and PNGs of one frame, one after the other (each written atomically)."""
+    w = FrameWriter(out_dir, shot_name, passes, near, far, names, n_pieces)
+    if exr:
+        w.exr(frame, p)
+    if png:
+        w.png(frame, p)
 
 
 def run_render(ctx) -> dict[str, Any]:
-    """Render every frame of ``ctx.frames_todo()`` into ``passes/``; figures for the manifest."""
+    """Render every frame of ``ctx.frames_todo()`` into ``passes/``; figures for the manifest.
+
+    Four threads share a frame's work, since each waits outside the GIL most of the time: the
+    GL beauty on its own thread (the EGL context lives there), the exact raster and passes
+    (numba kernels without the GIL) on the calling thread, and the EXR and the PNGs on two
+    writer threads while the next frame renders. A frame is recorded done once its files are
+    on disk.
+    """
+    import OpenEXR
+
     from destruct.render.gl import GLRenderer
-    from destruct.render.passes import frame_passes, raster_frame
+    from destruct.render.passes import beauty_pass, frame_passes, raster_frame
 
     shot = ctx.shot
     todo = ctx.frames_todo()
@@ -235,20 +279,16 @@ def run_render(ctx) -> dict[str, Any]:
     }
     if not todo:
         return figures
+    # the EXR's ZIP blocks compress on OpenEXR's own pool (0 = on the writing thread)
+    OpenEXR.set_global_thread_count(max(OpenEXR.global_thread_count(), min(2, os.cpu_count() or 1)))
     passes = list(shot.render.passes)
     cam0 = setup.cameras[todo[0]]
-    gl = None
-    if "beauty" in passes:
-        gl = GLRenderer(
-            cam0.width,
-            cam0.height,
-            ground_half_size=setup.ground.half_size,
-            ground_center=setup.ground.center,
-            shadow_extent=setup.shadow_extent,
-        )
     plate = shot.render.plate
     last = setup.frames_all[-1]
     cache: dict[int, Any] = {}
+    writer = FrameWriter(
+        out_dir, shot.shot.name, passes, setup.near, setup.far, setup.names, setup.mesh.n_pieces
+    )
 
     def raster(f: int):
         if f not in cache:
@@ -258,63 +298,62 @@ def run_render(ctx) -> dict[str, Any]:
         return cache[f]
 
     def finish(job) -> None:
-        f, fut = job
-        fut.result()
+        f, futures = job
+        for fut in futures:
+            fut.result()
         ctx.frame_done(f)
         figures["frames_rendered"] += 1
 
-    # Files are written on a worker thread (PNG zlib runs without the GIL) while the
-    # next frame renders; a frame is recorded done only once its files are on disk.
     t0 = time.perf_counter()
     pending = None
-    try:
-        with ctx.progress(len(todo), "render") as bar, ThreadPoolExecutor(1) as pool:
-            for f in todo:
-                r, dust = raster(f)
-                nxt = raster(f + 1)[0] if f < last else None
-                prev = None
-                if f > setup.frames_all[0]:
-                    prev = (
-                        setup.cameras[f - 1],
-                        cache[f - 1][0].bodies if f - 1 in cache else setup.load(f - 1)[0],
-                    )
-                bg = load_plate(plate, f, cam0.width, cam0.height) if plate else None
-                rgba = (
-                    None
-                    if gl is None
-                    else gl.render(r.mesh, r.cam, 0.05, setup.gl_far, plate=bg is not None)
-                )
-                p = frame_passes(
-                    r, nxt=nxt, prev=prev, gl_rgba=rgba, plate=bg, dust=dust, classes=setup.classes
-                )
+    gl = None
+    with ThreadPoolExecutor(1) as gl_thread, ThreadPoolExecutor(2) as writers:
+        try:
+            if "beauty" in passes:
+                gl = gl_thread.submit(
+                    GLRenderer,
+                    cam0.width,
+                    cam0.height,
+                    ground_half_size=setup.ground.half_size,
+                    ground_center=setup.ground.center,
+                    shadow_extent=setup.shadow_extent,
+                ).result()
+            with ctx.progress(len(todo), "render") as bar:
+                for f in todo:
+                    r, dust = raster(f)
+                    bg = load_plate(plate, f, cam0.width, cam0.height) if plate else None
+                    rgba = None
+                    if gl is not None:
+                        rgba = gl_thread.submit(
+                            gl.render, r.mesh, r.cam, 0.05, setup.gl_far, plate=bg is not None
+                        )
+                    nxt = raster(f + 1)[0] if f < last else None
+                    prev = None
+                    if f > setup.frames_all[0]:
+                        prev = (
+                            setup.cameras[f - 1],
+                            cache[f - 1][0].bodies if f - 1 in cache else setup.load(f - 1)[0],
+                        )
+                    p = frame_passes(r, nxt=nxt, prev=prev, dust=dust, classes=setup.classes)
+                    if rgba is not None:
+                        p["beauty"] = beauty_pass(rgba.result(), p["dust"], bg)
+                    if pending is not None:
+                        finish(pending)
+                        bar.advance()
+                    jobs = []
+                    if shot.render.exr:
+                        jobs.append(writers.submit(writer.exr, f, p))
+                    if shot.render.png:
+                        jobs.append(writers.submit(writer.png, f, p))
+                    pending = (f, jobs)
+                    for k in [k for k in cache if k < f]:
+                        del cache[k]
                 if pending is not None:
                     finish(pending)
                     bar.advance()
-                pending = (
-                    f,
-                    pool.submit(
-                        write_frame,
-                        out_dir,
-                        shot.shot.name,
-                        f,
-                        p,
-                        passes,
-                        exr=shot.render.exr,
-                        png=shot.render.png,
-                        near=setup.near,
-                        far=setup.far,
-                        names=setup.names,
-                        n_pieces=setup.mesh.n_pieces,
-                    ),
-                )
-                for k in [k for k in cache if k < f]:
-                    del cache[k]
-            if pending is not None:
-                finish(pending)
-                bar.advance()
-    finally:
-        if gl is not None:
-            gl.close()
+        finally:
+            if gl is not None:
+                gl_thread.submit(gl.close).result()
     figures["seconds_per_frame"] = round(
         (time.perf_counter() - t0) / max(figures["frames_rendered"], 1), 3
     )

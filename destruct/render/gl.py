@@ -131,15 +131,14 @@ class GLRenderer:
                 ],
                 np.float32,
             )
-            prim = pyrender.Primitive(
-                positions=quad,
-                normals=np.tile([0.0, 1.0, 0.0], (4, 1)).astype(np.float32),
-                indices=np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32),
-                material=pyrender.MetallicRoughnessMaterial(
+            self._ground = {
+                "positions": quad,
+                "normals": np.tile([0.0, 1.0, 0.0], (4, 1)).astype(np.float32),
+                "indices": np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32),
+                "material": pyrender.MetallicRoughnessMaterial(
                     baseColorFactor=(*GROUND_COLOR, 1.0), metallicFactor=0.0, roughnessFactor=1.0
                 ),
-            )
-            self._ground = self.scene.add(pyrender.Mesh([prim]))
+            }
         self._camera = None
         self._mesh_node = None
 
@@ -176,10 +175,13 @@ class GLRenderer:
                     material=mat,
                 )
             )
+        # The ground is a primitive of the same mesh, drawn last: pyrender draws its mesh nodes
+        # in set order, which changes from run to run, and where the ground and a piece touch
+        # at equal depth the first drawn wins; one node keeps the beauty bit-identical.
+        if self._ground is not None and not plate:
+            prims.append(pr.Primitive(**self._ground))
         if prims:
             self._mesh_node = self.scene.add(pr.Mesh(prims))
-        if self._ground is not None:
-            self._ground.mesh.is_visible = not plate
         self.scene.bg_color = np.array((0.0, 0.0, 0.0, 0.0) if plate else (*SKY_COLOR, 0.0))
         flags = pr.RenderFlags.RGBA | pr.RenderFlags.SHADOWS_DIRECTIONAL
         color, _ = self._renderer.render(self.scene, flags=flags)

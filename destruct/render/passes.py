@@ -142,13 +142,23 @@ def frame_passes(
     seg[a_dust > 0.5] = dust_class
     out["seg"] = seg
     if gl_rgba is not None:
-        lin = u8_to_linear(gl_rgba[..., :3])
-        if plate is not None:  # GL drew over black with coverage alpha: premultiplied
-            cov = gl_rgba[..., 3:4] / np.float32(255.0)
-            lin = lin + np.asarray(plate, dtype=np.float32) * (1.0 - cov)
-        a = a_dust[..., None]
-        out["beauty"] = (lin * (1.0 - a) + DUST_COLOR * a).astype(np.float32)
+        out["beauty"] = beauty_pass(gl_rgba, a_dust, plate)
     return out
+
+
+def beauty_pass(
+    gl_rgba: np.ndarray, dust: np.ndarray, plate: np.ndarray | None = None
+) -> np.ndarray:
+    """Scene-linear (h, w, 3) beauty: the GL render (uint8 display-referred RGBA) over the
+    ``plate`` when given (GL drew over black with coverage alpha: premultiplied), under the
+    ``dust`` coverage (h, w). Separate from :func:`frame_passes` so the render stage can draw
+    the GL image on its own thread while the exact passes are computed."""
+    lin = u8_to_linear(gl_rgba[..., :3])
+    if plate is not None:
+        cov = gl_rgba[..., 3:4] / np.float32(255.0)
+        lin = lin + np.asarray(plate, dtype=np.float32) * (1.0 - cov)
+    a = dust[..., None]
+    return (lin * (1.0 - a) + DUST_COLOR * a).astype(np.float32)
 
 
 __all__ = [
@@ -156,6 +166,7 @@ __all__ = [
     "SKY",
     "Ground",
     "Raster",
+    "beauty_pass",
     "frame_passes",
     "linear_to_srgb",
     "linear_to_u8",

@@ -14,6 +14,7 @@ rasteriser instead of the anti-aliased GL render:
 - back faces are culled (pieces are closed solids).
 
 Rows are split in bands processed in parallel; every band walks the triangle list in order.
+The kernels release the GIL, so the render stage's GL and writer threads run meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ GROUND = -2
 BAND_ROWS = 8
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def transform_vertices(local, body, rot, pos, out):
     """out[v] = rot[body[v]] @ local[v] + pos[body[v]]  ((V, 3) f32; rot (B, 3, 3), pos (B, 3))."""
     for v in nb.prange(local.shape[0]):
@@ -42,7 +43,7 @@ def transform_vertices(local, body, rot, pos, out):
             )
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _setup(verts, faces, cam_rot, cam_pos, fx, fy, cx, cy, width, height, near, coef, bbox):
     """Per triangle: 3 edge functions + 1/depth as A*px + B*py + C, and its pixel bbox.
 
@@ -116,7 +117,7 @@ def _setup(verts, faces, cam_rot, cam_pos, fx, fy, cx, cy, width, height, near, 
         bbox[t, 3] = y1
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _fill(coef, bbox, near, tri, inv_depth):
     height, width = tri.shape
     T = coef.shape[0]
@@ -182,7 +183,7 @@ def rasterize(verts, faces, cam, *, near: float = 0.05):
     return tri, depth
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _ground(tri, depth, rot, pos, fx, fy, cx, cy, half_size, gx, gz):
     h, w = tri.shape
     for y in nb.prange(h):
@@ -226,7 +227,7 @@ def add_ground(
     )
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _project(p, rot, pos, fx, fy, cx, cy):
     d0 = p[0] - pos[0]
     d1 = p[1] - pos[1]
@@ -240,7 +241,7 @@ def _project(p, rot, pos, fx, fy, cx, cy):
     return cx + fx * x / depth, cy - fy * y / depth, depth
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _motion(
     tri,
     depth,
@@ -411,7 +412,7 @@ def motion_vectors(
     return motion, occl
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _splat(uv, depth, radius_px, alpha, scene_depth, out_t):
     """Multiply the transmittance out_t by (1 - a * gaussian) of each particle in front."""
     h, w = out_t.shape
