@@ -264,3 +264,58 @@ def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_gr
     )
     # (-0.9, 0, -0.8) + s (0.45, 0.8, 0.4) enters the box at s ~ 0.9: in its shadow
     np.testing.assert_allclose(pixel([-0.9, 0.0, -0.8]), expect(G.GROUND_COLOR, sky), atol=2.0)
+
+
+def test_threaded_stage_writes_what_the_sequential_path_writes(rendered, tmp_path):
+    """The stage overlaps GL, passes and writers on threads; frame 1002's files must equal
+    those of the plain one-after-the-other path (GL render, all passes, write_frame)."""
+    import imageio.v3 as iio
+
+    from destruct.render import RenderSetup, write_frame
+    from destruct.render.gl import GLRenderer
+    from destruct.render.passes import frame_passes, raster_frame
+
+    run, _, ctx, _ = rendered
+    setup = RenderSetup(ctx.shot, run)
+
+    def ras(f):
+        bodies, _ = setup.load(f)
+        return raster_frame(setup.mesh.pose(bodies), bodies, setup.cameras[f], setup.ground)
+
+    r, nxt, prev = ras(1002), ras(1003), ras(1001)
+    cam = setup.cameras[1002]
+    gl = GLRenderer(
+        cam.width,
+        cam.height,
+        ground_half_size=setup.ground.half_size,
+        ground_center=setup.ground.center,
+        shadow_extent=setup.shadow_extent,
+    )
+    try:
+        rgba = gl.render(r.mesh, cam, 0.05, setup.gl_far)
+    finally:
+        gl.close()
+    p = frame_passes(r, nxt=nxt, prev=(prev.cam, prev.bodies), gl_rgba=rgba, classes=setup.classes)
+    passes = list(ctx.shot.render.passes)
+    write_frame(
+        tmp_path,
+        "syn",
+        1002,
+        p,
+        passes,
+        exr=True,
+        png=True,
+        near=setup.near,
+        far=setup.far,
+        names=setup.names,
+        n_pieces=setup.mesh.n_pieces,
+    )
+    a, b = read_exr(run / "passes" / "syn.1002.exr"), read_exr(tmp_path / "syn.1002.exr")
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for sub in ("beauty", "depth", "normal", "seg"):
+        np.testing.assert_array_equal(
+            iio.imread(run / "passes" / sub / "syn.1002.png"),
+            iio.imread(tmp_path / sub / "syn.1002.png"),
+        )
