@@ -157,6 +157,8 @@ def beauty_pass(
     if plate is not None:
         cov = gl_rgba[..., 3:4] / np.float32(255.0)
         lin = lin + np.asarray(plate, dtype=np.float32) * (1.0 - cov)
+    if not dust.any():  # no dust in view: the blend would return lin unchanged
+        return lin.astype(np.float32, copy=False)
     a = dust[..., None]
     return (lin * (1.0 - a) + DUST_COLOR * a).astype(np.float32)
 

@@ -267,8 +267,9 @@ def _motion(
 
     cam*: (4, 3) rows 0..2 rotation (camera -> world), row 3 position; intr*: fx, fy, cx, cy.
     Sky pixels move with the camera's rotation only (points at infinity); ground points are
-    static; piece and rubble points follow their body's rigid transform. ``check`` turns on the
-    occlusion test against the other frame's ids and depth.
+    static; piece and rubble points follow their body's rigid transform. Points off the other
+    frame's screen are occluded; ``check`` adds the test against the other frame's ids and
+    depth.
     """
     h, w = tri.shape
     r0 = cam0[:3]
@@ -277,7 +278,9 @@ def _motion(
     p1 = cam1[3]
     fx0, fy0, cx0, cy0 = intr0[0], intr0[1], intr0[2], intr0[3]
     fx1, fy1, cx1, cy1 = intr1[0], intr1[1], intr1[2], intr1[3]
-    h1, w1 = ids1.shape
+    h1, w1 = h, w  # the other frame's size (the same camera resolution)
+    if check:
+        h1, w1 = ids1.shape
     for y in nb.prange(h):
         X = np.empty(3)
         L = np.empty(3)
@@ -335,19 +338,18 @@ def _motion(
                     continue
             motion[y, x, 0] = u - (x + 0.5)
             motion[y, x, 1] = v - (y + 0.5)
-            if check:
-                if u < 0.0 or v < 0.0 or u >= w1 or v >= h1:
+            if u < 0.0 or v < 0.0 or u >= w1 or v >= h1:
+                hidden = True
+            elif check:
+                iu = int(u)
+                iv = int(v)
+                if ids1[iv, iu] != ids0[y, x]:
                     hidden = True
-                else:
-                    iu = int(u)
-                    iv = int(v)
-                    if ids1[iv, iu] != ids0[y, x]:
-                        hidden = True
-                    elif t == -1:
-                        hidden = depth1[iv, iu] < np.inf
-                    elif depth1[iv, iu] < d1 * (1.0 - rel_tol):
-                        hidden = True
-                occl[y, x] = 1.0 if hidden else 0.0
+                elif t == -1:
+                    hidden = depth1[iv, iu] < np.inf
+                elif depth1[iv, iu] < d1 * (1.0 - rel_tol):
+                    hidden = True
+            occl[y, x] = 1.0 if hidden else 0.0
 
 
 def _cam_arrays(cam):
@@ -401,14 +403,6 @@ def motion_vectors(
         motion,
         occl,
     )
-    if not check:
-        off = (
-            (motion[..., 0] + np.arange(w)[None, :] + 0.5 < 0)
-            | (motion[..., 0] + np.arange(w)[None, :] + 0.5 >= w)
-            | (motion[..., 1] + np.arange(h)[:, None] + 0.5 < 0)
-            | (motion[..., 1] + np.arange(h)[:, None] + 0.5 >= h)
-        )
-        occl = np.maximum(occl, off.astype(np.float32))
     return motion, occl
 
 
