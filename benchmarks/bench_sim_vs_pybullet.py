@@ -193,7 +193,7 @@ def compare(pieces: int, seconds: float) -> dict:
 
 def run(quick: bool = False) -> list[dict]:
     sizes = (500,) if quick else (500, 1000, 2000, 4000)
-    seconds = 0.5 if quick else 2.0
+    seconds = 0.5 if quick else 1.0
     return [compare(n, seconds) for n in sizes]
 
 

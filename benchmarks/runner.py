@@ -2,7 +2,7 @@
 
 Results go to ``benchmarks/results/<module>.json`` and ``.md`` per module, plus
 ``benchmarks/results/summary.json`` / ``summary.md`` (all modules and the machine) and
-``scaling.png``. The README's benchmark table (between the ``bench:start`` / ``bench:end``
+``scaling.png``; quick runs go to ``benchmarks/results/quick/``. The README's benchmark table (between the ``bench:start`` / ``bench:end``
 markers) is regenerated from ``summary.md``.
 """
 
@@ -122,7 +122,7 @@ def scaling_plot(results: dict[str, list[dict[str, Any]]], path: Path) -> Path |
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -142,40 +142,45 @@ def update_readme(summary_md: str) -> bool:
 
 
 def main(only: str | None = None, quick: bool = False, repeat: int = 1) -> dict[str, Any]:
-    """Run the selected modules; write per-module and summary results. Returns the summary."""
+    """Run the selected modules; write per-module and summary results. Returns the summary.
+
+    Full runs write to ``benchmarks/results/`` and the summary (and README table) covers every
+    module's latest full results there; ``--quick`` runs write to ``benchmarks/results/quick/``
+    and leave the README alone.
+    """
     from benchmarks.machine import describe
 
     names = discover(only)
     if not names:
         raise SystemExit(f"no benchmark matches {only!r}; available: {', '.join(discover())}")
+    out = RESULTS / "quick" if quick else RESULTS
     machine = describe()
-    results: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         mod = importlib.import_module(f"benchmarks.{name}")
         print(f"bench: {name} ({'quick' if quick else 'full'}, {repeat}x)", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         records = medians([mod.run(quick=quick) for _ in range(repeat)])
         short = name.removeprefix("bench_")
-        results[short] = records
         doc = {"benchmark": short, "quick": quick, "seconds": round(time.perf_counter() - t0, 2),
                "machine": machine, "records": records}
-        _write(RESULTS / f"{short}.json", json.dumps(doc, indent=2) + "\n")
-        _write(RESULTS / f"{short}.md", f"# {short}\n\n" + markdown_table(records))
+        _write(out / f"{short}.json", json.dumps(doc, indent=2) + "\n")
+        _write(out / f"{short}.md", f"# {short}\n\n" + markdown_table(records))
+    results = {p.stem: json.loads(p.read_text())["records"] for p in sorted(out.glob("*.json"))
+               if p.stem != "summary"}
     summary = {"quick": quick, "machine": machine, "results": results}
-    previous = RESULTS / "summary.json"
-    if previous.is_file() and only:
-        merged = json.loads(previous.read_text()).get("results", {})
-        summary["results"] = {**merged, **results}
-    _write(previous, json.dumps(summary, indent=2) + "\n")
+    _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     md = [f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-          f"memory bandwidth {machine['memory_bandwidth_gbs']} GB/s; {'quick' if quick else 'full'} sizes.\n"]
-    for short, records in summary["results"].items():
-        md.append(f"\n**{short}**\n\n" + markdown_table(records))
+          f"memory bandwidth {machine['memory_bandwidth_gbs']} GB/s; {'quick' if quick else 'full'} sizes; "
+          "each module's own JSON names the load average it ran under.\n"]
+    for short, records in results.items():
+        md.append(f"\n**{short}** ([{short}.json](benchmarks/results/{'quick/' if quick else ''}{short}.json))\n\n"
+                  + markdown_table(records))
     summary_md = "".join(md)
-    _write(RESULTS / "summary.md", summary_md)
-    plot = scaling_plot(summary["results"], RESULTS / "scaling.png")
+    _write(out / "summary.md", summary_md)
+    plot = scaling_plot(results, out / "scaling.png")
     if plot:
         print(f"bench: scaling plot {plot}", file=sys.stderr)
-    update_readme(summary_md)
+    if not quick:
+        update_readme(summary_md)
     print(summary_md)
     return summary
