@@ -5,6 +5,12 @@ inf), ``N.X,N.Y,N.Z`` (half), ``motion.X,motion.Y``, ``back.X,back.Y`` (float), 
 (uint32) and the Cryptomatte layer (:mod:`destruct.render.cryptomatte`). The header says the
 pixels are scene-linear Rec.709 (``chromaticities``). The pixel type of each channel follows
 the array's dtype: float16 -> HALF, float32 -> FLOAT, uint32 -> UINT.
+
+ZIP compression: of the lossless codecs every EXR reader knows, the smallest and nearly the
+fastest. Measured on a 2000-piece 1280x720 frame (26 channels), one thread: ZIP 0.60 s 5.3 MB,
+ZIPS 0.69 s 5.3 MB, PIZ 0.78 s 11.8 MB, RLE 0.33 s 16.5 MB, none 0.10 s 81 MB (ZSTD and HTJ2K
+are lossless too but need OpenEXR 3.4+ readers). The render stage lets OpenEXR compress on two
+threads instead.
 """
 
 from __future__ import annotations
