@@ -145,18 +145,11 @@ def run(quick: bool = False) -> list[dict]:
     return records
 
 
-def main(argv: list[str]) -> None:
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.machine import describe
-    from benchmarks.runner import RESULTS, _write, markdown_table
-
-    quick = "--quick" in argv
-    records = run(quick=quick)
-    doc = {"benchmark": "debris", "quick": quick, "machine": describe(), "records": records}
-    _write(RESULTS / "debris.json", json.dumps(doc, indent=2) + "\n")
-    _write(RESULTS / "debris.md", "# debris\n\n" + markdown_table(records))
-    print(markdown_table(records))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import sys
+    from pathlib import Path as _Path
+
+    sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+    from benchmarks.runner import script
+
+    script(__file__)

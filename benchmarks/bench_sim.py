@@ -142,16 +142,10 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    import json
     import sys
+    from pathlib import Path as _Path
 
-    from benchmarks.machine import describe
-    from benchmarks.runner import RESULTS, markdown_table
+    sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+    from benchmarks.runner import script
 
-    quick = "--quick" in sys.argv
-    recs = run(quick=quick)
-    doc = {"benchmark": "sim", "quick": quick, "machine": describe(), "records": recs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sim.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / "sim.md").write_text("# sim\n\n" + markdown_table(recs))
-    print(markdown_table(recs))
+    script(__file__)

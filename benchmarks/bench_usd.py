@@ -163,24 +163,11 @@ def run(quick: bool = False) -> list[dict]:
     return records
 
 
-def main(argv: list[str]) -> None:
-    """Write ``benchmarks/results/usd.json`` and ``usd.md`` (``--quick`` for the small case)."""
-    import json
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.machine import describe
-    from benchmarks.runner import RESULTS, _write, markdown_table
-
-    quick = "--quick" in argv
-    records = run(quick=quick)
-    doc = {"benchmark": "usd", "quick": quick, "machine": describe(), "records": records}
-    _write(RESULTS / "usd.json", json.dumps(doc, indent=2) + "\n")
-    _write(RESULTS / "usd.md", "# usd\n\n" + markdown_table(records))
-    print(markdown_table(records))
-
-
 if __name__ == "__main__":
     import sys
+    from pathlib import Path as _Path
 
-    main(sys.argv[1:])
+    sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+    from benchmarks.runner import script
+
+    script(__file__)

@@ -184,3 +184,9 @@ def main(only: str | None = None, quick: bool = False, repeat: int = 1) -> dict[
         update_readme(summary_md)
     print(summary_md)
     return summary
+
+
+def script(module_file: str) -> None:
+    """``python benchmarks/bench_<name>.py [--quick]``: run that one module through :func:`main`."""
+    sys.path.insert(0, str(HERE.parent))
+    main(only=Path(module_file).stem, quick="--quick" in sys.argv[1:])

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from destruct.errors import DestructError, StageNotBuilt, UserError
+from destruct.errors import DestructError, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -148,12 +148,8 @@ def export_usd(
     out: Annotated[Optional[Path], typer.Option("--out", help="output .usdc (default RUN_DIR/scene.usdc)")] = None,
 ) -> None:
     """Write the animated pieces, debris and camera of a run as USD."""
-    try:
-        from destruct.usd import export_run
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("destruct"):
-            raise StageNotBuilt("USD export is not built yet in this version of destruct") from None
-        raise
+    from destruct.usd import export_run
+
     path = export_run(run_dir, out)
     print(f"wrote {path}")
 
@@ -163,12 +159,8 @@ def models_pull(
     name: Annotated[str, typer.Argument(help="model set (sd15 or sdxl) or one Hub repo id org/name")],
 ) -> None:
     """Download a recommended model set into the Hugging Face cache (needs internet; safetensors only)."""
-    try:
-        from refine.models import pull
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("refine"):
-            raise StageNotBuilt("model management is not built yet in this version of destruct") from None
-        raise
+    from refine.models import pull
+
     for path in pull(name):
         print(path)
 
@@ -178,12 +170,8 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="as JSON")] = False,
 ) -> None:
     """List the recommended models and whether each is in the local cache."""
-    try:
-        from refine.models import list_models
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("refine"):
-            raise StageNotBuilt("model management is not built yet in this version of destruct") from None
-        raise
+    from refine.models import list_models
+
     rows = list_models()
     if as_json:
         print(json.dumps(rows, indent=2))

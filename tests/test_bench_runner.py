@@ -37,3 +37,9 @@ def test_only_matches_names_exactly_before_substrings():
     assert runner.discover("bench_sim_vs_pybullet") == ["bench_sim_vs_pybullet"]
     assert runner.discover("sim,usd") == ["bench_sim", "bench_usd"]
     assert "bench_sim_vs_pybullet" in runner.discover("pybullet")
+
+
+def test_readme_table_matches_the_committed_results():
+    text = runner.README.read_text()
+    table = text.split(runner.START + "\n", 1)[1].split(runner.END, 1)[0]
+    assert table == (runner.RESULTS / "summary.md").read_text()
