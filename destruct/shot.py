@@ -335,7 +335,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            name = str(part)
+            shown = name if name.isprintable() and name and "." not in name else repr(name)
+            out += ("." if out else "") + shown
     return out
 
 
@@ -360,8 +362,13 @@ def _error_lines(err: ValidationError, source: str) -> list[str]:
             value = e.get("input")
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
             msg = f"{key} = {shown}: {e['msg'].lower()}"
-        lines.append(f"{source}: {msg}")
+        lines.append(f"{source}: {_one_line(msg)}")
     return lines
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters (a key may hold any), so one problem stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

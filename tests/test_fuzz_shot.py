@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import destruct
@@ -83,6 +83,8 @@ def _check(data):
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shots)
+@example(data={"materials": {"\x1e": None}})  # a key with a line separator stays on one line
+@example(data={"sim": {"a\nb": 1}})
 def test_validate_never_crashes(data):
     _check(data)
 
