@@ -129,62 +129,11 @@ def _frame_time(w, state: dict, substeps: int) -> float:
 
 def launch_seconds(w, repeats: int) -> dict[str, float]:
     """Median wall seconds of each launch of a substep, run alone on the World's current
-    tables (the same arguments World.step passes; ``ti.sync`` around each). It moves the
+    tables (the launches World.step makes; ``ti.sync`` around each). It moves the
     bodies: call it last."""
-    from destruct.world import CONTACT_MARGIN
-    from sim_kernels import contacts, solve
     from sim_kernels.backend import ti
 
-    d, npairs, g = w._dev, w.last_pairs, w.gravity
-    h = 1 / FPS / SUBSTEPS
-    nunits = int(d["count"][0])
-    calls = {
-        "narrowphase": lambda: contacts.narrowphase(
-            d["bf"],
-            d["si"],
-            d["hv"],
-            d["hp"],
-            h,
-            CONTACT_MARGIN,
-            npairs,
-            d["pairs"],
-            d["pn"],
-            d["cf"],
-        ),
-        "build_units": lambda: solve.build_units(
-            d["bi"],
-            d["si"],
-            npairs,
-            d["pairs"],
-            d["bdi"],
-            d["bstart"],
-            d["blist"],
-            d["xstart"],
-            d["xlist"],
-            d["units"],
-            d["count"],
-        ),
-        "substep": lambda: solve.substep(
-            d["bf"],
-            d["bi"],
-            d["si"],
-            d["pairs"],
-            d["pn"],
-            d["cf"],
-            d["bdf"],
-            d["bdi"],
-            d["units"],
-            nunits,
-            h,
-            g[0],
-            g[1],
-            g[2],
-            w.ground_friction,
-            0,
-            0,
-            w.iterations,
-        ),
-    }
+    calls = w._substep_launches(1 / FPS / SUBSTEPS, w.last_pairs, 2)  # a middle substep
     out = {}
     for name, call in calls.items():
         times = []

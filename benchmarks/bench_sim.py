@@ -32,7 +32,9 @@ H = 0.25  # half size of a box [m]
 
 
 def _box() -> np.ndarray:
-    return np.array([[sx * H, sy * H, sz * H] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    return np.array(
+        [[sx * H, sy * H, sz * H] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
 
 
 def drop_world(n: int):
@@ -66,15 +68,23 @@ def wall_world(n: int):
     for (r, c), a in index.items():
         y = 2 * H * r
         if (r, c + 1) in index:
-            w.add_bond(a, index[r, c + 1], (xs[r, c] + H, y + H, 0), (1, 0, 0), 4 * H * H, *strengths)
+            w.add_bond(
+                a, index[r, c + 1], (xs[r, c] + H, y + H, 0), (1, 0, 0), 4 * H * H, *strengths
+            )
         if r == 0:
             w.add_bond(a, -1, (xs[r, c], 0, 0), (0, -1, 0), 4 * H * H, *strengths)
         for c2 in (c - 1, c, c + 1):  # the boxes above that overlap this one
             if (r + 1, c2) in index and abs(xs[r + 1, c2] - xs[r, c]) < 2 * H - 1e-9:
                 dx = abs(xs[r + 1, c2] - xs[r, c])
                 mid = 0.5 * (xs[r + 1, c2] + xs[r, c])
-                w.add_bond(a, index[r + 1, c2], (mid, y + 2 * H, 0), (0, 1, 0),
-                           (2 * H - dx) * 2 * H, *strengths)
+                w.add_bond(
+                    a,
+                    index[r + 1, c2],
+                    (mid, y + 2 * H, 0),
+                    (0, 1, 0),
+                    (2 * H - dx) * 2 * H,
+                    *strengths,
+                )
     w.apply_charge((cols * H, 0.5, -0.6), radius=2.0, impulse=2e4)
     return w
 
@@ -86,8 +96,12 @@ def _time(w, seconds: float = 1.0) -> dict:
     for _ in range(frames):
         w.step(1 / FPS, SUBSTEPS)
     wall = time.perf_counter() - t0
-    return {"seconds": round(wall / seconds, 3), "ms_per_frame": round(1000 * wall / frames, 1),
-            "pairs": int(w.last_pairs), "awake": int((~w.sleeping()).sum())}
+    return {
+        "seconds": round(wall / seconds, 3),
+        "ms_per_frame": round(1000 * wall / frames, 1),
+        "pairs": int(w.last_pairs),
+        "awake": int((~w.sleeping()).sum()),
+    }
 
 
 def default_collapse() -> dict:
@@ -112,15 +126,23 @@ def default_collapse() -> dict:
         run = Path(tmp)
         write_fracture(destruct.prepare(shot), run / "fracture")
         frames = list(range(shot.shot.start_frame, shot.shot.start_frame + shot.shot.frames))
-        ctx = StageContext(shot=shot, run=RunDir(run), stage=Stage.SIMULATE, frames=frames,
-                           quiet=True)
+        ctx = StageContext(
+            shot=shot, run=RunDir(run), stage=Stage.SIMULATE, frames=frames, quiet=True
+        )
         t0 = time.perf_counter()
         fig = run_simulate(ctx)
         wall = time.perf_counter() - t0
-    return {"name": "sim_default_collapse", "pieces": fig["pieces"], "bonds": fig["bonds"],
-            "seconds": round(wall, 2), "ms_per_frame": round(1000 * wall / len(frames), 1),
-            "frames": len(frames), "bonds_broken": fig["bonds_broken"],
-            "peak_speed": fig["peak_speed"], "substeps": fig["substeps"]}
+    return {
+        "name": "sim_default_collapse",
+        "pieces": fig["pieces"],
+        "bonds": fig["bonds"],
+        "seconds": round(wall, 2),
+        "ms_per_frame": round(1000 * wall / len(frames), 1),
+        "frames": len(frames),
+        "bonds_broken": fig["bonds_broken"],
+        "peak_speed": fig["peak_speed"],
+        "substeps": fig["substeps"],
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -133,9 +155,18 @@ def run(quick: bool = False) -> list[dict]:
         for name, make in (("drop", drop_world), ("glued_wall", wall_world)):
             w = make(n)
             r = _time(w)
-            records.append({"name": f"sim_{name}", "pieces": n, "bonds": int(w.num_bonds),
-                            **r, "per_piece_us": round(1e6 * r["seconds"] / FPS / n, 2),
-                            "substeps": SUBSTEPS, "iterations": int(w.iterations), "backend": arch})
+            records.append(
+                {
+                    "name": f"sim_{name}",
+                    "pieces": n,
+                    "bonds": int(w.num_bonds),
+                    **r,
+                    "per_piece_us": round(1e6 * r["seconds"] / FPS / n, 2),
+                    "substeps": SUBSTEPS,
+                    "iterations": int(w.iterations),
+                    "backend": arch,
+                }
+            )
     if not quick:
         records.append(default_collapse())
     return records

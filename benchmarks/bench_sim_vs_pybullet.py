@@ -37,18 +37,25 @@ def building(pieces: int) -> dict[str, list | np.ndarray]:
         scene = prepare(shot_from_dict({"fracture": {"pieces": pieces}}))
         hulls = [h for p in scene.pieces for h in p.hulls]
         owner = np.concatenate([np.full(len(p.hulls), i) for i, p in enumerate(scene.pieces)])
-        save_npz(path, "destruct.benchbuilding/1",
-                 hull_points=np.concatenate(hulls), hull_offset=np.cumsum([0] + [len(h) for h in hulls]),
-                 hull_owner=owner, mass=np.array([p.mass for p in scene.pieces]),
-                 com=np.array([p.com for p in scene.pieces]),
-                 low_column=np.array([p.kind == "column" and p.com[1] < 3.5 for p in scene.pieces]))
+        save_npz(
+            path,
+            "destruct.benchbuilding/1",
+            hull_points=np.concatenate(hulls),
+            hull_offset=np.cumsum([0] + [len(h) for h in hulls]),
+            hull_owner=owner,
+            mass=np.array([p.mass for p in scene.pieces]),
+            com=np.array([p.com for p in scene.pieces]),
+            low_column=np.array([p.kind == "column" and p.com[1] < 3.5 for p in scene.pieces]),
+        )
     from destruct.io import load_npz
 
     d = load_npz(path, "destruct.benchbuilding/1")
     off = d["hull_offset"]
-    hulls = [d["hull_points"][off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    hulls = [d["hull_points"][off[i] : off[i + 1]] for i in range(len(off) - 1)]
     keep = np.flatnonzero(~d["low_column"])
-    per_piece = [[h for h, o in zip(hulls, d["hull_owner"]) if o == i] for i in range(len(d["mass"]))]
+    per_piece = [
+        [h for h, o in zip(hulls, d["hull_owner"]) if o == i] for i in range(len(d["mass"]))
+    ]
     return {"hulls": [per_piece[i] for i in keep], "mass": d["mass"][keep], "com": d["com"][keep]}
 
 
@@ -70,16 +77,27 @@ def run_destruct(b: dict, seconds: float) -> dict:
         c, vol = _centre(hulls)
         local = [h - c for h in hulls]
         locals_.append(local)
-        w.add_body(local if len(local) > 1 else local[0], density=mass / vol, position=c,
-                   friction=FRICTION, restitution=0.1)
+        w.add_body(
+            local if len(local) > 1 else local[0],
+            density=mass / vol,
+            position=c,
+            friction=FRICTION,
+            restitution=0.1,
+        )
     w.step(1 / FPS, substeps=SUBSTEPS)  # compile and upload outside the timed part
-    frames = int(round(seconds * FPS))
+    frames = round(seconds * FPS)
     t0 = time.perf_counter()
     for _ in range(frames):
         w.step(1 / FPS, substeps=SUBSTEPS)
     wall = time.perf_counter() - t0
-    return {"wall": wall, "sim_seconds": frames / FPS, "pos": w.positions(), "rot": w.rotations(),
-            "vel": w.velocities(), "local": locals_}
+    return {
+        "wall": wall,
+        "sim_seconds": frames / FPS,
+        "pos": w.positions(),
+        "rot": w.rotations(),
+        "vel": w.velocities(),
+        "local": locals_,
+    }
 
 
 def run_pybullet(b: dict, seconds: float) -> dict:
@@ -99,9 +117,11 @@ def run_pybullet(b: dict, seconds: float) -> dict:
             locals_.append(local)
             body = _pybullet_body(pb, cid, local, float(mass), c)
             for link in range(-1, len(local) - 1):
-                pb.changeDynamics(body, link, lateralFriction=FRICTION, restitution=0.1, physicsClientId=cid)
+                pb.changeDynamics(
+                    body, link, lateralFriction=FRICTION, restitution=0.1, physicsClientId=cid
+                )
             ids.append(body)
-        steps = int(round(seconds * PYBULLET_HZ))
+        steps = round(seconds * PYBULLET_HZ)
         t0 = time.perf_counter()
         for _ in range(steps):
             pb.stepSimulation(physicsClientId=cid)
@@ -115,8 +135,14 @@ def run_pybullet(b: dict, seconds: float) -> dict:
             vel.append(v)
         # PyBullet's base frame is the inertial frame it computed; our local frames are centred on
         # the hull centroid, which createMultiBody keeps as the base origin (no inertial offset).
-        return {"wall": wall, "sim_seconds": steps / PYBULLET_HZ, "pos": np.array(pos), "rot": np.array(rot),
-                "vel": np.array(vel), "local": locals_}
+        return {
+            "wall": wall,
+            "sim_seconds": steps / PYBULLET_HZ,
+            "pos": np.array(pos),
+            "rot": np.array(rot),
+            "vel": np.array(vel),
+            "local": locals_,
+        }
     finally:
         pb.disconnect(cid)
 
@@ -126,17 +152,29 @@ def _pybullet_body(pb, cid, local: list[np.ndarray], mass: float, centre: np.nda
     fixed joints (PyBullet has no compound of convex meshes), the mass split by hull volume."""
     from destruct.world import hull_data
 
-    shapes = [pb.createCollisionShape(pb.GEOM_MESH, vertices=h.tolist(), physicsClientId=cid) for h in local]
+    shapes = [
+        pb.createCollisionShape(pb.GEOM_MESH, vertices=h.tolist(), physicsClientId=cid)
+        for h in local
+    ]
     vols = np.array([hull_data(h)["volume"] for h in local])
     masses = (mass * vols / vols.sum()).tolist()
     n = len(local) - 1
     return pb.createMultiBody(
-        masses[0], shapes[0], basePosition=centre.tolist(),
-        linkMasses=masses[1:], linkCollisionShapeIndices=shapes[1:], linkVisualShapeIndices=[-1] * n,
-        linkPositions=[[0, 0, 0]] * n, linkOrientations=[[0, 0, 0, 1]] * n,
-        linkInertialFramePositions=[[0, 0, 0]] * n, linkInertialFrameOrientations=[[0, 0, 0, 1]] * n,
-        linkParentIndices=[0] * n, linkJointTypes=[pb.JOINT_FIXED] * n, linkJointAxis=[[0, 0, 1]] * n,
-        physicsClientId=cid)
+        masses[0],
+        shapes[0],
+        basePosition=centre.tolist(),
+        linkMasses=masses[1:],
+        linkCollisionShapeIndices=shapes[1:],
+        linkVisualShapeIndices=[-1] * n,
+        linkPositions=[[0, 0, 0]] * n,
+        linkOrientations=[[0, 0, 0, 1]] * n,
+        linkInertialFramePositions=[[0, 0, 0]] * n,
+        linkInertialFrameOrientations=[[0, 0, 0, 1]] * n,
+        linkParentIndices=[0] * n,
+        linkJointTypes=[pb.JOINT_FIXED] * n,
+        linkJointAxis=[[0, 0, 1]] * n,
+        physicsClientId=cid,
+    )
 
 
 def worst_penetration(result: dict) -> float:
@@ -144,9 +182,17 @@ def worst_penetration(result: dict) -> float:
     from destruct.world import hull_data
 
     rot = Rotation.from_quat(result["rot"][:, [1, 2, 3, 0]])  # scipy wants xyzw
-    world = [[rot[i].apply(h) + result["pos"][i] for h in hulls] for i, hulls in enumerate(result["local"])]
+    world = [
+        [rot[i].apply(h) + result["pos"][i] for h in hulls]
+        for i, hulls in enumerate(result["local"])
+    ]
     deepest = max(0.0, -min(float(min(h[:, 1].min() for h in hs)) for hs in world))
-    radius = np.array([max(np.linalg.norm(h - result["pos"][i], axis=1).max() for h in hs) for i, hs in enumerate(world)])
+    radius = np.array(
+        [
+            max(np.linalg.norm(h - result["pos"][i], axis=1).max() for h in hs)
+            for i, hs in enumerate(world)
+        ]
+    )
     tree = cKDTree(result["pos"])
     for i, j in tree.query_pairs(2 * radius.max()):
         if np.linalg.norm(result["pos"][i] - result["pos"][j]) > radius[i] + radius[j]:
@@ -155,7 +201,9 @@ def worst_penetration(result: dict) -> float:
             for hb in world[b]:
                 pl = hull_data(hb)["planes"]
                 for ha in world[a]:
-                    depth = pl[:, 3][None, :] - ha @ pl[:, :3].T  # (verts, planes) >0 inside that plane
+                    depth = (
+                        pl[:, 3][None, :] - ha @ pl[:, :3].T
+                    )  # (verts, planes) >0 inside that plane
                     inside = depth.min(axis=1)
                     if inside.max() > 0:
                         deepest = max(deepest, float(inside.max()))
@@ -171,7 +219,7 @@ def compare(pieces: int, seconds: float) -> dict:
     height_d, height_p = float(d["pos"][:, 1].mean()), float(p["pos"][:, 1].mean())
     rec = {
         "name": "collapse_no_bonds",
-        "pieces": int(len(b["mass"])),
+        "pieces": len(b["mass"]),
         "fractured_pieces": pieces,
         "simulated_seconds": float(seconds),
         "destruct_s_per_sim_s": d["wall"] / d["sim_seconds"],
@@ -186,8 +234,11 @@ def compare(pieces: int, seconds: float) -> dict:
         "penetration_destruct_m": worst_penetration(d),
         "penetration_pybullet_m": worst_penetration(p),
     }
-    rec["agrees"] = bool(abs(rec["height_ratio"] - 1) <= 0.15 and rec["at_rest_diff_points"] <= 10
-                         and rec["penetration_destruct_m"] < 0.02)
+    rec["agrees"] = bool(
+        abs(rec["height_ratio"] - 1) <= 0.15
+        and rec["at_rest_diff_points"] <= 10
+        and rec["penetration_destruct_m"] < 0.02
+    )
     return rec
 
 

@@ -9,7 +9,16 @@ from importlib import metadata
 
 import numpy as np
 
-PACKAGES = ("numpy", "taichi", "pybullet", "pyrender2", "torch", "diffusers", "manifold3d", "usd-core")
+PACKAGES = (
+    "numpy",
+    "taichi",
+    "pybullet",
+    "pyrender2",
+    "torch",
+    "diffusers",
+    "manifold3d",
+    "usd-core",
+)
 
 
 def memory_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
@@ -26,9 +35,10 @@ def memory_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()

@@ -157,24 +157,42 @@ def main(only: str | None = None, quick: bool = False, repeat: int = 1) -> dict[
     machine = describe()
     for name in names:
         mod = importlib.import_module(f"benchmarks.{name}")
-        print(f"bench: {name} ({'quick' if quick else 'full'}, {repeat}x)", file=sys.stderr, flush=True)
+        print(
+            f"bench: {name} ({'quick' if quick else 'full'}, {repeat}x)",
+            file=sys.stderr,
+            flush=True,
+        )
         t0 = time.perf_counter()
         records = medians([mod.run(quick=quick) for _ in range(repeat)])
         short = name.removeprefix("bench_")
-        doc = {"benchmark": short, "quick": quick, "seconds": round(time.perf_counter() - t0, 2),
-               "machine": machine, "records": records}
+        doc = {
+            "benchmark": short,
+            "quick": quick,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "machine": machine,
+            "records": records,
+        }
         _write(out / f"{short}.json", json.dumps(doc, indent=2) + "\n")
         _write(out / f"{short}.md", f"# {short}\n\n" + markdown_table(records))
-    results = {p.stem: json.loads(p.read_text())["records"] for p in sorted(out.glob("*.json"))
-               if p.stem != "summary"}
+    results = {
+        p.stem: json.loads(p.read_text())["records"]
+        for p in sorted(out.glob("*.json"))
+        if p.stem != "summary"
+    }
     summary = {"quick": quick, "machine": machine, "results": results}
     _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    md = [f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-          f"memory bandwidth {machine['memory_bandwidth_gbs']} GB/s; {'quick' if quick else 'full'} sizes; "
-          "each module's own JSON names the load average it ran under.\n"]
+    md = [
+        (
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+            f"memory bandwidth {machine['memory_bandwidth_gbs']} GB/s; {'quick' if quick else 'full'} sizes; "
+            "each module's own JSON names the load average it ran under.\n"
+        )
+    ]
     for short, records in results.items():
-        md.append(f"\n**{short}** ([{short}.json](benchmarks/results/{'quick/' if quick else ''}{short}.json))\n\n"
-                  + markdown_table(records))
+        md.append(
+            f"\n**{short}** ([{short}.json](benchmarks/results/{'quick/' if quick else ''}{short}.json))\n\n"
+            + markdown_table(records)
+        )
     summary_md = "".join(md)
     _write(out / "summary.md", summary_md)
     plot = scaling_plot(results, out / "scaling.png")

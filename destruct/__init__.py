@@ -16,8 +16,17 @@ if TYPE_CHECKING:
     from destruct.pipeline import RunResult
 
 __version__ = "0.1.0"
-__all__ = ["DestructError", "Shot", "StageNotBuilt", "UserError", "default_shot_path", "load_shot",
-           "prepare", "run", "shot_from_dict"]
+__all__ = [
+    "DestructError",
+    "Shot",
+    "StageNotBuilt",
+    "UserError",
+    "default_shot_path",
+    "load_shot",
+    "prepare",
+    "run",
+    "shot_from_dict",
+]
 
 
 def default_shot_path() -> Path:

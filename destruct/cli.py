@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -35,15 +35,35 @@ def _err(message: str) -> None:
 
 @app.command()
 def run(
-    shot: Annotated[Optional[Path], typer.Argument(help="shot file (default: the bundled default shot)")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="run folder (default renders/<shot name>)")] = None,
-    stages: Annotated[Optional[str], typer.Option("--stages", help="comma-separated: prepare,simulate,render,refine,encode")] = None,
-    frames: Annotated[Optional[str], typer.Option("--frames", help="frame range A:B, inclusive")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="auto, cpu or cuda (overrides sim.backend)")] = None,
-    force: Annotated[bool, typer.Option("--force", help="run stages again even when up to date")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or stage lines")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final manifest as JSON")] = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="farm refine windows on Ray: an address, 'auto' or 'local'")] = None,
+    shot: Annotated[
+        Path | None, typer.Argument(help="shot file (default: the bundled default shot)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default renders/<shot name>)")
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option("--stages", help="comma-separated: prepare,simulate,render,refine,encode"),
+    ] = None,
+    frames: Annotated[
+        str | None, typer.Option("--frames", help="frame range A:B, inclusive")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="auto, cpu or cuda (overrides sim.backend)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="run stages again even when up to date")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress bars or stage lines")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the final manifest as JSON")
+    ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="farm refine windows on Ray: an address, 'auto' or 'local'"),
+    ] = None,
 ) -> None:
     """Run the pipeline on a shot (or the bundled default shot)."""
     import destruct
@@ -52,18 +72,24 @@ def run(
     path = shot if shot is not None else destruct.default_shot_path()
     s = destruct.load_shot(path)
     quiet = quiet or as_json
-    log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
+    args = {"frames": frames, "backend": backend, "force": force, "quiet": quiet, "ray": ray}
     if quiet:
-        result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force, quiet=True,
-                              log=log, ray=ray)
+        result = run_pipeline(s, out, stages, **args)
     else:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-            result = run_pipeline(s, out, stages, frames=frames, backend=backend, force=force,
-                                  quiet=False, progress=bar, log=bar.console.print, ray=ray)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(
+            *columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True
+        ) as bar:
+            result = run_pipeline(s, out, stages, progress=bar, log=bar.console.print, **args)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     elif not quiet:
@@ -73,7 +99,9 @@ def run(
 @app.command()
 def validate(
     shot: Annotated[Path, typer.Argument(help="shot file to check")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the resolved shot as JSON")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the resolved shot as JSON")
+    ] = False,
 ) -> None:
     """Check a shot file: one line per problem, exit code 2 when there is any."""
     import destruct
@@ -82,8 +110,10 @@ def validate(
     if as_json:
         print(json.dumps(s.to_dict(), indent=2))
     else:
-        print(f"ok: {shot} (shot {s.shot.name!r}, {s.shot.frames} frames at {s.shot.fps:g} fps, "
-              f"{s.fracture.pieces} pieces, {len(s.charges)} charges)")
+        print(
+            f"ok: {shot} (shot {s.shot.name!r}, {s.shot.frames} frames at {s.shot.fps:g} fps, "
+            f"{s.fracture.pieces} pieces, {len(s.charges)} charges)"
+        )
 
 
 @app.command()
@@ -96,7 +126,9 @@ def info(
 
     rd = RunDir(run_dir)
     if not rd.manifest_path.is_file():
-        raise UserError(f"{run_dir} holds no destruct manifest.json; give a run folder (e.g. renders/default)")
+        raise UserError(
+            f"{run_dir} holds no destruct manifest.json; give a run folder (e.g. renders/default)"
+        )
     m = rd.read()
     if as_json:
         print(json.dumps(m, indent=2))
@@ -109,8 +141,13 @@ def info(
         t.add_column(col)
     for name, e in m.get("stages", {}).items():
         figs = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("figures", {}).items())
-        t.add_row(name, e.get("status", ""), _fmt(e.get("seconds", "")), str(len(e.get("frames_done", [])) or ""),
-                  figs or e.get("reason", ""))
+        t.add_row(
+            name,
+            e.get("status", ""),
+            _fmt(e.get("seconds", "")),
+            str(len(e.get("frames_done", [])) or ""),
+            figs or e.get("reason", ""),
+        )
     Console().print(t)
 
 
@@ -122,9 +159,13 @@ def _fmt(v: object) -> str:
 
 @app.command()
 def bench(
-    only: Annotated[Optional[str], typer.Option("--only", help="run benchmarks whose name contains this")] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="run benchmarks whose name contains this")
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="small sizes, a few minutes")] = False,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="repeats; the median is reported")] = 1,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, help="repeats; the median is reported")
+    ] = 1,
 ) -> None:
     """Run the benchmark suite from a checkout (results in benchmarks/results/)."""
     import destruct
@@ -145,7 +186,9 @@ def bench(
 @export_app.command("usd")
 def export_usd(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="output .usdc (default RUN_DIR/scene.usdc)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output .usdc (default RUN_DIR/scene.usdc)")
+    ] = None,
 ) -> None:
     """Write the animated pieces, debris and camera of a run as USD."""
     from destruct.usd import export_run
@@ -156,7 +199,9 @@ def export_usd(
 
 @models_app.command("pull")
 def models_pull(
-    name: Annotated[str, typer.Argument(help="model set (sd15 or sdxl) or one Hub repo id org/name")],
+    name: Annotated[
+        str, typer.Argument(help="model set (sd15 or sdxl) or one Hub repo id org/name")
+    ],
 ) -> None:
     """Download a recommended model set into the Hugging Face cache (needs internet; safetensors only)."""
     from refine.models import pull
@@ -183,16 +228,24 @@ def models_list(
 @app.command()
 def wedge(
     shot: Annotated[Path, typer.Argument(help="shot file")],
-    sets: Annotated[list[str], typer.Option("--set", help="key=v1,v2 (repeatable): cartesian product")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="wedge folder (default renders/<shot>_wedge)")] = None,
-    stages: Annotated[Optional[str], typer.Option("--stages", help="stages to run per variant (default all)")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Ray address, 'auto' or 'local'")] = None,
+    sets: Annotated[
+        list[str], typer.Option("--set", help="key=v1,v2 (repeatable): cartesian product")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="wedge folder (default renders/<shot>_wedge)")
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option("--stages", help="stages to run per variant (default all)")
+    ] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="Ray address, 'auto' or 'local'")] = None,
 ) -> None:
     """Run variants of a shot (the cartesian product of --set values) and a contact sheet."""
     from destruct.wedge import run_wedge
 
     index = run_wedge(shot, sets, out=out, stages=stages, ray_address=ray)
-    print(f"wedge: {len(index['variants'])} variants, index.json and contact_sheet.png in {index['folder']}")
+    print(
+        f"wedge: {len(index['variants'])} variants, index.json and contact_sheet.png in {index['folder']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return 2
     except (click.exceptions.Abort, KeyboardInterrupt):
-        print("interrupted: finished frames are kept; run the same command again to resume", file=sys.stderr)
+        print(
+            "interrupted: finished frames are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     except click.exceptions.Exit as e:
         return e.exit_code

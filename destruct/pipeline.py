@@ -169,7 +169,9 @@ def run(
 
     result = RunResult(rd.root, {})
     for stage in stages:
-        code = _run_stage(shot, rd, stage, stages, frame_list, backend, force, quiet, progress, say, ray)
+        code = _run_stage(
+            shot, rd, stage, stages, frame_list, backend, force, quiet, progress, say, ray
+        )
         if code:
             result.ran.append(stage.value)
     result.manifest = rd.read()
@@ -282,9 +284,17 @@ def _farm_refine(ctx: StageContext, address: str, say) -> None:
         return
     ray = connect(address)
     try:
-        with ctx.progress(len(windows_for(todo, shot_windows(ctx.shot))), "refine windows on Ray") as bar:
-            refine_windows(ctx.shot, ctx.run_dir, ray, frames=todo, force=ctx.force,
-                           progress=lambda done, total: bar.advance())
+        with ctx.progress(
+            len(windows_for(todo, shot_windows(ctx.shot))), "refine windows on Ray"
+        ) as bar:
+            refine_windows(
+                ctx.shot,
+                ctx.run_dir,
+                ray,
+                frames=todo,
+                force=ctx.force,
+                progress=lambda done, total: bar.advance(),
+            )
     except MissingWeights as e:
         raise StageSkipped(f"no weights: {e.command}") from None
     say(f"{ctx.stage.value}: windows farmed on Ray")
@@ -297,7 +307,9 @@ def _export_usd(rd: RunDir, say) -> None:
     t0 = time.perf_counter()
     path = export_run(rd.root)
     with rd.update() as m:
-        m["stages"]["simulate"].setdefault("figures", {})["usd_seconds"] = round(time.perf_counter() - t0, 3)
+        m["stages"]["simulate"].setdefault("figures", {})["usd_seconds"] = round(
+            time.perf_counter() - t0, 3
+        )
     say(f"usd: wrote {path.name}")
 
 

@@ -17,7 +17,9 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Any
     try:
         import ray
     except ModuleNotFoundError:
-        raise UserError("Ray is not installed: pip install 'destruct[farm]' (or run without --ray)") from None
+        raise UserError(
+            "Ray is not installed: pip install 'destruct[farm]' (or run without --ray)"
+        ) from None
     if ray.is_initialized():
         return ray
     try:

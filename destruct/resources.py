@@ -37,7 +37,12 @@ def estimate(shot: Shot, stage: Stage) -> int:
         rubble = shot.debris.max_rubble if shot.debris.enabled else 0
         return BASE + pieces * PER_PIECE[stage] + dust * PER_DUST + rubble * PER_RUBBLE
     if stage is Stage.RENDER:
-        return BASE + pieces * PER_PIECE[stage] + w * h * PER_PIXEL_RENDER + shot.debris.max_particles * 64
+        return (
+            BASE
+            + pieces * PER_PIECE[stage]
+            + w * h * PER_PIXEL_RENDER
+            + shot.debris.max_particles * 64
+        )
     if stage is Stage.REFINE:  # activations only: the weights' size is known once they are found
         return BASE + w * h * PER_PIXEL_REFINE
     return BASE + w * h * 16

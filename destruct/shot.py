@@ -36,15 +36,21 @@ MAX_PARTICLES = 10_000_000
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, validate_default=True
+    )
 
 
 class ShotInfo(_Section):
-    name: Name = Field("default", description="shot name: run folder and file prefix (letters, digits, _ . -)")
+    name: Name = Field(
+        "default", description="shot name: run folder and file prefix (letters, digits, _ . -)"
+    )
     fps: float = Field(24.0, gt=0, le=1000, description="frames per second of the output [1/s]")
     frames: int = Field(120, ge=1, le=100_000, description="number of frames rendered")
     start_frame: int = Field(1001, ge=0, le=10_000_000, description="number of the first frame")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="one seed for fracture, debris and diffusion noise")
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="one seed for fracture, debris and diffusion noise"
+    )
 
 
 class Procedural(_Section):
@@ -53,17 +59,25 @@ class Procedural(_Section):
     bays_z: int = Field(2, ge=1, le=50, description="structural bays along z")
     bay: float = Field(6.0, ge=0.9, le=50, description="bay width, column centre to centre [m]")
     story: float = Field(3.5, ge=1.65, le=20, description="storey height, floor to floor [m]")
-    windows: bool = Field(True, description="window openings with glass panes in the exterior walls")
+    windows: bool = Field(
+        True, description="window openings with glass panes in the exterior walls"
+    )
     interior_walls: bool = Field(False, description="interior partition walls")
 
 
 class Building(_Section):
-    procedural: Procedural | None = Field(None, description="procedural frame building (default when no mesh)")
-    mesh: str | None = Field(None, description="mesh file (glb, gltf, obj, ply, stl), relative to the shot file")
+    procedural: Procedural | None = Field(
+        None, description="procedural frame building (default when no mesh)"
+    )
+    mesh: str | None = Field(
+        None, description="mesh file (glb, gltf, obj, ply, stl), relative to the shot file"
+    )
     scale: float = Field(1.0, gt=0, le=1e4, description="mesh units to metres")
     up: Literal["y", "z"] = Field("y", description="up axis of the mesh file")
     material: str = Field("concrete", description="default material of every element")
-    materials: dict[str, str] = Field(default_factory=dict, description="element kind -> material name")
+    materials: dict[str, str] = Field(
+        default_factory=dict, description="element kind -> material name"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Building:
@@ -73,35 +87,49 @@ class Building(_Section):
             self.procedural = Procedural()
         for kind in self.materials:
             if kind not in ELEMENT_KINDS:
-                raise ValueError(f"building.materials: unknown element kind {kind!r}; allowed: {', '.join(ELEMENT_KINDS)}")
+                raise ValueError(
+                    f"building.materials: unknown element kind {kind!r}; allowed: {', '.join(ELEMENT_KINDS)}"
+                )
         return self
 
 
 class MaterialOverride(_Section):
-    base: str | None = Field(None, description="preset this material starts from (required for a new name)")
+    base: str | None = Field(
+        None, description="preset this material starts from (required for a new name)"
+    )
     density: float | None = Field(None, gt=0, le=30_000, description="density [kg/m^3]")
     friction: float | None = Field(None, ge=0, le=10, description="Coulomb friction coefficient")
     restitution: float | None = Field(None, ge=0, le=1, description="coefficient of restitution")
     tensile: float | None = Field(None, gt=0, le=1e11, description="bond tensile strength [Pa]")
     shear: float | None = Field(None, gt=0, le=1e11, description="bond shear strength [Pa]")
-    compressive: float | None = Field(None, gt=0, le=1e11, description="bond compressive strength [Pa]")
+    compressive: float | None = Field(
+        None, gt=0, le=1e11, description="bond compressive strength [Pa]"
+    )
 
 
 class DetailPoint(_Section):
     position: Vec3 = Field(description="centre of the finer region [m]")
     radius: float = Field(gt=0, le=1e4, description="radius of the finer region [m]")
-    factor: float = Field(3.0, gt=0, le=100, description="seed density multiplier inside the radius")
+    factor: float = Field(
+        3.0, gt=0, le=100, description="seed density multiplier inside the radius"
+    )
 
 
 class Fracture(_Section):
     pieces: int = Field(800, ge=1, le=MAX_PIECES, description="target number of pieces")
     method: Literal["voronoi"] = Field("voronoi", description="fracture method")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="fracture seed (default: shot.seed)")
-    detail: list[DetailPoint] = Field(default_factory=list, description="art-directed finer regions")
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="fracture seed (default: shot.seed)"
+    )
+    detail: list[DetailPoint] = Field(
+        default_factory=list, description="art-directed finer regions"
+    )
 
 
 class Charge(_Section):
-    time: float = Field(ge=0, description="firing time after the first frame, in simulation time [s]")
+    time: float = Field(
+        ge=0, description="firing time after the first frame, in simulation time [s]"
+    )
     position: Vec3 = Field(description="centre [m]")
     radius: float = Field(gt=0, le=1e3, description="radius of effect [m]")
     impulse: float = Field(gt=0, le=1e9, description="total impulse at the centre [N*s]")
@@ -140,23 +168,39 @@ class Impactor(_Section):
 
 
 class Sim(_Section):
-    backend: Literal["auto", "cpu", "cuda"] = Field("auto", description="Taichi arch (auto: cuda when present)")
+    backend: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Taichi arch (auto: cuda when present)"
+    )
     threads: int = Field(0, ge=0, le=1024, description="CPU threads (0 = all cores)")
     substeps: int = Field(8, ge=1, le=256, description="solver substeps per frame")
-    preroll: float = Field(0.5, ge=0, le=60, description="settling time simulated before the first frame [s]")
-    time_scale: float = Field(1.0, gt=0, le=100, description="simulation seconds per shot second (<1: slow motion)")
+    preroll: float = Field(
+        0.5, ge=0, le=60, description="settling time simulated before the first frame [s]"
+    )
+    time_scale: float = Field(
+        1.0, gt=0, le=100, description="simulation seconds per shot second (<1: slow motion)"
+    )
     gravity: Vec3 = Field([0.0, -9.81, 0.0], description="gravity [m/s^2]")
     ground: bool = Field(True, description="infinite ground plane at y = 0")
-    anchor_to_ground: bool = Field(True, description="bond pieces resting on the ground at the start to it")
-    checkpoint_every: int = Field(10, ge=1, le=100_000, description="frames between full solver checkpoints")
+    anchor_to_ground: bool = Field(
+        True, description="bond pieces resting on the ground at the start to it"
+    )
+    checkpoint_every: int = Field(
+        10, ge=1, le=100_000, description="frames between full solver checkpoints"
+    )
 
 
 class Debris(_Section):
     enabled: bool = Field(True, description="emit rubble from breaking bonds")
-    per_break: float = Field(6.0, ge=0, le=1000, description="rubble bits per m^2 of broken bond area")
+    per_break: float = Field(
+        6.0, ge=0, le=1000, description="rubble bits per m^2 of broken bond area"
+    )
     dust: bool = Field(True, description="emit dust particles")
-    max_particles: int = Field(200_000, ge=0, le=MAX_PARTICLES, description="cap on live dust particles")
-    max_rubble: int = Field(50_000, ge=0, le=MAX_PARTICLES, description="cap on live rubble bits (oldest recycled)")
+    max_particles: int = Field(
+        200_000, ge=0, le=MAX_PARTICLES, description="cap on live dust particles"
+    )
+    max_rubble: int = Field(
+        50_000, ge=0, le=MAX_PARTICLES, description="cap on live rubble bits (oldest recycled)"
+    )
 
 
 class CameraKey(_Section):
@@ -174,16 +218,25 @@ class Camera(_Section):
     resolution: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
         [1280, 720], description="image width and height [px], multiples of 8"
     )
-    keys: list[CameraKey] = Field(default_factory=list, description="keyframes, interpolated between")
+    keys: list[CameraKey] = Field(
+        default_factory=list, description="keyframes, interpolated between"
+    )
     shake: float = Field(0.0, ge=0, le=10, description="shake amplitude driven by the charges [m]")
-    usd: str | None = Field(None, description="matchmoved USD camera (replaces position/look_at/keys), relative to the shot file")
-    usd_prim: str | None = Field(None, description="prim path of the camera in `usd` (default: the first camera)")
+    usd: str | None = Field(
+        None,
+        description="matchmoved USD camera (replaces position/look_at/keys), relative to the shot file",
+    )
+    usd_prim: str | None = Field(
+        None, description="prim path of the camera in `usd` (default: the first camera)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Camera:
         for w in self.resolution:
             if w < 8 or w > 8192 or w % 8:
-                raise ValueError(f"camera.resolution {self.resolution}: each must be a multiple of 8 in 8..8192")
+                raise ValueError(
+                    f"camera.resolution {self.resolution}: each must be a multiple of 8 in 8..8192"
+                )
         poses = [(self.position, self.look_at)] + [(k.position, k.look_at) for k in self.keys]
         for p, t in poses:
             if math.dist(p, t) < 1e-6:
@@ -200,26 +253,36 @@ class Render(_Section):
     )
     exr: bool = Field(True, description="write the multi-layer EXR per frame")
     png: bool = Field(True, description="write the ControlNet-ready PNGs per frame")
-    plate: str | None = Field(None, description="background plate, #### = frame number, relative to the shot file")
+    plate: str | None = Field(
+        None, description="background plate, #### = frame number, relative to the shot file"
+    )
 
 
 class ControlNetSpec(_Section):
-    kind: Literal["depth", "normal", "seg"] = Field(description="which pass conditions this ControlNet")
+    kind: Literal["depth", "normal", "seg"] = Field(
+        description="which pass conditions this ControlNet"
+    )
     model: str = Field(description="local folder or Hub repo id (local cache only)")
     scale: float = Field(1.0, ge=0, le=10, description="conditioning scale")
 
 
 class Temporal(_Section):
     noise_warp: bool = Field(True, description="carry noise along the exact motion")
-    cross_frame: bool = Field(True, description="cross-frame attention with the window's anchor frame")
-    fusion: bool = Field(True, description="blend the warped previous refined frame early in the schedule")
+    cross_frame: bool = Field(
+        True, description="cross-frame attention with the window's anchor frame"
+    )
+    fusion: bool = Field(
+        True, description="blend the warped previous refined frame early in the schedule"
+    )
     window: int = Field(16, ge=1, le=10_000, description="frames per window")
     overlap: int = Field(4, ge=0, le=10_000, description="frames shared by neighbouring windows")
 
     @model_validator(mode="after")
     def _overlap(self) -> Temporal:
         if self.overlap >= self.window:
-            raise ValueError(f"refine.temporal.overlap ({self.overlap}) must be below window ({self.window})")
+            raise ValueError(
+                f"refine.temporal.overlap ({self.overlap}) must be below window ({self.window})"
+            )
         return self
 
 
@@ -233,24 +296,40 @@ def _default_controlnets() -> list[ControlNetSpec]:
 
 class Refine(_Section):
     enabled: bool = Field(True, description="run the diffusion refine stage")
-    model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="local folder or Hub repo id")
-    controlnets: list[ControlNetSpec] = Field(default_factory=_default_controlnets, description="ControlNets")
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", description="local folder or Hub repo id"
+    )
+    controlnets: list[ControlNetSpec] = Field(
+        default_factory=_default_controlnets, description="ControlNets"
+    )
     prompt: str = Field(
         "photograph of a concrete building collapsing, dust clouds, debris, overcast daylight, 35mm film",
         description="text prompt",
     )
-    negative_prompt: str = Field("cartoon, render, cgi, blurry, lowres", description="negative prompt")
-    strength: float = Field(0.6, gt=0, le=1, description="img2img strength (share of the schedule run)")
+    negative_prompt: str = Field(
+        "cartoon, render, cgi, blurry, lowres", description="negative prompt"
+    )
+    strength: float = Field(
+        0.6, gt=0, le=1, description="img2img strength (share of the schedule run)"
+    )
     steps: int = Field(20, ge=1, le=1000, description="denoising steps")
     guidance: float = Field(7.0, ge=0, le=50, description="classifier-free guidance scale")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when present)")
-    cpu_offload: bool = Field(False, description="keep idle model parts in host memory (small GPUs)")
-    vae_tiling: bool = Field(False, description="decode the VAE in tiles (large frames on small GPUs)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device (auto: cuda when present)"
+    )
+    cpu_offload: bool = Field(
+        False, description="keep idle model parts in host memory (small GPUs)"
+    )
+    vae_tiling: bool = Field(
+        False, description="decode the VAE in tiles (large frames on small GPUs)"
+    )
     temporal: Temporal = Field(default_factory=Temporal, description="temporal consistency")
 
 
 class Output(_Section):
-    dir: str | None = Field(None, description="run folder, relative to the current directory (default renders/<name>)")
+    dir: str | None = Field(
+        None, description="run folder, relative to the current directory (default renders/<name>)"
+    )
     usd: bool = Field(False, description="also write scene.usdc after simulate")
 
 
@@ -280,9 +359,13 @@ class Shot(_Section):
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"material name {name!r} must be lower-case letters, digits and _")
             if name not in MATERIAL_NAMES and o.base is None:
-                raise ValueError(f"materials.{name} is not a preset ({', '.join(MATERIAL_NAMES)}): give it a base preset")
+                raise ValueError(
+                    f"materials.{name} is not a preset ({', '.join(MATERIAL_NAMES)}): give it a base preset"
+                )
             if o.base is not None and o.base not in MATERIAL_NAMES:
-                raise ValueError(f"materials.{name}.base {o.base!r} is unknown; allowed: {', '.join(MATERIAL_NAMES)}")
+                raise ValueError(
+                    f"materials.{name}.base {o.base!r} is unknown; allowed: {', '.join(MATERIAL_NAMES)}"
+                )
         return v
 
     @model_validator(mode="after")
@@ -294,7 +377,9 @@ class Shot(_Section):
         used.update({f"building.materials.{k}": m for k, m in self.building.materials.items()})
         for key, m in used.items():
             if m not in known:
-                raise ValueError(f"{key} = {m!r} is not a known material; allowed: {', '.join(sorted(known))}")
+                raise ValueError(
+                    f"{key} = {m!r} is not a known material; allowed: {', '.join(sorted(known))}"
+                )
         duration = self.duration
         for i, c in enumerate(self.charges):
             if c.time > duration:
@@ -352,7 +437,9 @@ def _error_lines(err: ValidationError, source: str) -> list[str]:
             parent, name = loc[:-1], loc[-1]
             where = f"[{_loc(parent)}]" if parent else "the top level"
             allowed = _allowed_keys(parent)
-            msg = f"unknown key {name!r} in {where}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            msg = f"unknown key {name!r} in {where}" + (
+                f"; allowed: {', '.join(allowed)}" if allowed else ""
+            )
         elif kind == "value_error":
             msg = str(e["msg"]).removeprefix("Value error, ")
             msg = f"{key}: {msg}" if key else msg
@@ -431,14 +518,18 @@ def _resolve_paths(shot: Shot, base: Path, source: str) -> None:
     if b.mesh is not None:
         p = _resolve_file(base, b.mesh, "building.mesh", source)
         if p.suffix.lower() not in MESH_SUFFIXES:
-            raise UserError(f"{source}: building.mesh = {b.mesh!r}: unsupported type {p.suffix!r}; use one of {', '.join(MESH_SUFFIXES)}")
+            raise UserError(
+                f"{source}: building.mesh = {b.mesh!r}: unsupported type {p.suffix!r}; use one of {', '.join(MESH_SUFFIXES)}"
+            )
         b.mesh = str(p)
     if shot.camera.usd is not None:
         shot.camera.usd = str(_resolve_file(base, shot.camera.usd, "camera.usd", source))
     if shot.render.plate is not None:
         pattern = shot.render.plate
         if "#" not in pattern:
-            raise UserError(f"{source}: render.plate = {pattern!r}: put #### where the frame number goes")
+            raise UserError(
+                f"{source}: render.plate = {pattern!r}: put #### where the frame number goes"
+            )
         first = re.sub(r"#+", lambda m: f"{shot.shot.start_frame:0{len(m.group())}d}", pattern)
         _resolve_file(base, first, "render.plate (first frame)", source)
         shot.render.plate = str(_resolve(base, pattern, "render.plate", source))
@@ -451,7 +542,9 @@ def _resolve(base: Path, raw: str, key: str, source: str) -> Path:
     try:
         return (base / Path(raw).expanduser()).resolve(strict=False)
     except (OSError, RuntimeError) as e:
-        raise UserError(f"{source}: {key} = {raw!r} cannot be resolved ({e}); a symlink loop?") from None
+        raise UserError(
+            f"{source}: {key} = {raw!r} cannot be resolved ({e}); a symlink loop?"
+        ) from None
 
 
 def _resolve_file(base: Path, raw: str, key: str, source: str) -> Path:
@@ -459,7 +552,9 @@ def _resolve_file(base: Path, raw: str, key: str, source: str) -> Path:
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise UserError(f"{source}: {key} = {raw!r}: no such file ({p}); paths are relative to the shot file's folder") from None
+        raise UserError(
+            f"{source}: {key} = {raw!r}: no such file ({p}); paths are relative to the shot file's folder"
+        ) from None
     except OSError as e:
         raise UserError(f"{source}: {key} = {raw!r}: cannot read {p} ({e.strerror})") from None
     import stat
@@ -475,7 +570,9 @@ def _model_ref(base: Path, raw: str, key: str, source: str) -> str:
     looks_local = raw.startswith((".", "/", "~")) or raw.count("/") != 1
     if not looks_local and not (base / raw).exists():
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw):
-            raise UserError(f"{source}: {key} = {raw!r} is neither a local folder nor a Hub repo id 'org/name'")
+            raise UserError(
+                f"{source}: {key} = {raw!r} is neither a local folder nor a Hub repo id 'org/name'"
+            )
         return raw
     p = _resolve(base, raw, key, source)
     if not p.is_dir():

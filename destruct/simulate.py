@@ -71,8 +71,13 @@ class SimRecord:
 
     @classmethod
     def from_arrays(cls, d: dict[str, np.ndarray]) -> SimRecord:
-        return cls(d["breaks_bond"].tolist(), d["breaks_frame"].tolist(),
-                   d["breaks_time"].tolist(), float(d["peaks"][0]), float(d["peaks"][1]))
+        return cls(
+            d["breaks_bond"].tolist(),
+            d["breaks_frame"].tolist(),
+            d["breaks_time"].tolist(),
+            float(d["peaks"][0]),
+            float(d["peaks"][1]),
+        )
 
 
 def frame_path(sim_dir: Path, frame: int) -> Path:
@@ -93,11 +98,13 @@ def piece_hulls(pieces: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
     verts = pieces["hull_vertices"].astype(np.float64)
     hulls: list[list[np.ndarray]] = [[] for _ in range(n)]
     for h, p in enumerate(pieces["hull_piece"]):
-        hulls[int(p)].append(verts[off[h]:off[h + 1]])
+        hulls[int(p)].append(verts[off[h] : off[h + 1]])
     empty = [i for i, hs in enumerate(hulls) if not hs]
     if empty:
-        raise UserError(f"fracture/pieces.npz: piece {empty[0]} has no collision hull; re-run "
-                        "prepare with --force")
+        raise UserError(
+            f"fracture/pieces.npz: piece {empty[0]} has no collision hull; re-run "
+            "prepare with --force"
+        )
     return hulls
 
 
@@ -123,18 +130,37 @@ def build_world(
     """
     from destruct.world import World
 
-    w = World(gravity=gravity, ground=ground, ground_friction=GROUND_FRICTION, backend=backend,
-              seed=seed, threads=threads)
+    w = World(
+        gravity=gravity,
+        ground=ground,
+        ground_friction=GROUND_FRICTION,
+        backend=backend,
+        seed=seed,
+        threads=threads,
+    )
     mat = pieces["material"]
     for i, hulls in enumerate(piece_hulls(pieces)):
         m = materials[int(mat[i])]
-        w.add_body(hulls, position=pieces["com"][i], mass=float(pieces["mass"][i]),
-                   inertia=pieces["inertia"][i], friction=m.friction, restitution=m.restitution)
+        w.add_body(
+            hulls,
+            position=pieces["com"][i],
+            mass=float(pieces["mass"][i]),
+            inertia=pieces["inertia"][i],
+            friction=m.friction,
+            restitution=m.restitution,
+        )
     pairs = bonds["pairs"]
     for k in range(len(pairs)):
-        w.add_bond(int(pairs[k, 0]), int(pairs[k, 1]), bonds["points"][k], bonds["normals"][k],
-                   float(bonds["areas"][k]), float(bonds["tensile"][k]), float(bonds["shear"][k]),
-                   float(bonds["compressive"][k]))
+        w.add_bond(
+            int(pairs[k, 0]),
+            int(pairs[k, 1]),
+            bonds["points"][k],
+            bonds["normals"][k],
+            float(bonds["areas"][k]),
+            float(bonds["tensile"][k]),
+            float(bonds["shear"][k]),
+            float(bonds["compressive"][k]),
+        )
     w.exclude_overlaps(OVERLAP_TOLERANCE)
     if not anchor_to_ground and len(pairs):
         w.break_bonds(np.flatnonzero(pairs[:, 1] < 0))
@@ -144,8 +170,15 @@ def build_world(
         import trimesh
 
         ball = trimesh.creation.icosphere(subdivisions=IMPACTOR_SUBDIVISIONS, radius=imp.radius)
-        ids.append(w.add_body(np.asarray(ball.vertices), position=imp.keys[0].position,
-                              kinematic=True, friction=0.5, restitution=0.1))
+        ids.append(
+            w.add_body(
+                np.asarray(ball.vertices),
+                position=imp.keys[0].position,
+                kinematic=True,
+                friction=0.5,
+                restitution=0.1,
+            )
+        )
     return w, ids
 
 
@@ -206,11 +239,17 @@ def _resume_point(sim_dir: Path, first: int, last: int) -> int | None:
 def _empty_debris() -> dict[str, np.ndarray]:
     f32, i32 = np.float32, np.int32
     return {
-        "rubble_id": np.zeros(0, i32), "rubble_position": np.zeros((0, 3), f32),
-        "rubble_rotation": np.zeros((0, 4), f32), "rubble_velocity": np.zeros((0, 3), f32),
-        "rubble_radius": np.zeros(0, f32), "rubble_material": np.zeros(0, i32),
-        "dust_position": np.zeros((0, 3), f32), "dust_radius": np.zeros(0, f32),
-        "dust_alpha": np.zeros(0, f32), "rubble_age": np.zeros(0, f32), "dust_age": np.zeros(0, f32),
+        "rubble_id": np.zeros(0, i32),
+        "rubble_position": np.zeros((0, 3), f32),
+        "rubble_rotation": np.zeros((0, 4), f32),
+        "rubble_velocity": np.zeros((0, 3), f32),
+        "rubble_radius": np.zeros(0, f32),
+        "rubble_material": np.zeros(0, i32),
+        "dust_position": np.zeros((0, 3), f32),
+        "dust_radius": np.zeros(0, f32),
+        "dust_alpha": np.zeros(0, f32),
+        "rubble_age": np.zeros(0, f32),
+        "dust_age": np.zeros(0, f32),
     }
 
 
@@ -226,9 +265,17 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
     last = max(ctx.frames) if ctx.frames else fr.start + int(shot.shot.frames) - 1
     materials = _materials(pieces, shot)
     w, impactor_ids = build_world(
-        pieces, bonds, materials, gravity=shot.sim.gravity, ground=shot.sim.ground,
-        anchor_to_ground=shot.sim.anchor_to_ground, impactors=list(shot.impactors),
-        backend=ctx.backend, threads=shot.sim.threads, seed=shot.shot.seed)
+        pieces,
+        bonds,
+        materials,
+        gravity=shot.sim.gravity,
+        ground=shot.sim.ground,
+        anchor_to_ground=shot.sim.anchor_to_ground,
+        impactors=list(shot.impactors),
+        backend=ctx.backend,
+        threads=shot.sim.threads,
+        seed=shot.shot.seed,
+    )
     n_pieces = len(pieces["mass"])
     substeps = int(shot.sim.substeps)
     debris = _make_debris(shot, ctx.backend, materials)
@@ -243,7 +290,7 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
     overloaded = None
     if resume is not None:
         st = load_npz(state_path(sim_dir, resume), STATE_FORMAT)
-        w.load_state({k[len("world_"):]: v for k, v in st.items() if k.startswith("world_")})
+        w.load_state({k[len("world_") :]: v for k, v in st.items() if k.startswith("world_")})
         record = SimRecord.from_arrays(st)
         start_pos = st["start_position"]
         if debris is not None:
@@ -272,8 +319,9 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
                 w.step(fr.dt, substeps)
             new = w.new_breaks()
             if f > first and debris is not None:
-                hulls = _debris_step(debris, w, pieces, bonds, shot, fr.dt, substeps, hulls,
-                                     n_pieces, new)
+                hulls = _debris_step(
+                    debris, w, pieces, bonds, shot, fr.dt, substeps, hulls, n_pieces, new
+                )
             record.bonds += new.tolist()
             record.frames += [f] * len(new)
             record.times += [fr.shot_time(f)] * len(new)
@@ -281,8 +329,13 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
             if (f - first) % every == every - 1 or f == last:
                 checkpoint(f)
             bar.advance()
-    save_npz(sim_dir / "breaks.npz", BREAKS_FORMAT, bond=np.asarray(record.bonds, np.int32),
-             frame=np.asarray(record.frames, np.int64), time=np.asarray(record.times, np.float64))
+    save_npz(
+        sim_dir / "breaks.npz",
+        BREAKS_FORMAT,
+        bond=np.asarray(record.bonds, np.int32),
+        frame=np.asarray(record.frames, np.int64),
+        time=np.asarray(record.times, np.float64),
+    )
     end_pos = w.positions()[:n_pieces]
     figures: dict[str, Any] = {
         "pieces": int(n_pieces),
@@ -307,8 +360,13 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
 
 def _max_key_speed(imp: Any) -> float:
     keys = imp.keys
-    return max((float(np.linalg.norm(np.subtract(b.position, a.position))) / (b.time - a.time)
-                for a, b in itertools.pairwise(keys)), default=0.0)
+    return max(
+        (
+            float(np.linalg.norm(np.subtract(b.position, a.position))) / (b.time - a.time)
+            for a, b in itertools.pairwise(keys)
+        ),
+        default=0.0,
+    )
 
 
 def _preroll(w, shot, fr, substeps, impactor_ids) -> int:
@@ -354,10 +412,17 @@ def _make_debris(shot: Shot, backend: str, materials: list[Any]):
         return None
     from destruct.debris import DebrisSystem
 
-    return DebrisSystem(seed=shot.shot.seed, max_dust=shot.debris.max_particles,
-                        max_rubble=shot.debris.max_rubble,
-                        dust=shot.debris.dust, gravity=shot.sim.gravity, ground=shot.sim.ground,
-                        backend=backend, threads=shot.sim.threads, materials=materials)
+    return DebrisSystem(
+        seed=shot.shot.seed,
+        max_dust=shot.debris.max_particles,
+        max_rubble=shot.debris.max_rubble,
+        dust=shot.debris.dust,
+        gravity=shot.sim.gravity,
+        ground=shot.sim.ground,
+        backend=backend,
+        threads=shot.sim.threads,
+        materials=materials,
+    )
 
 
 def _debris_step(debris, w, pieces, bonds, shot, dt, substeps, hulls, n_pieces, new):
@@ -367,16 +432,37 @@ def _debris_step(debris, w, pieces, bonds, shot, dt, substeps, hulls, n_pieces, 
     if hulls is None:
         hulls = hull_planes_from_points(pieces["hull_vertices"], pieces["hull_offset"])
     P = slice(0, n_pieces)
-    debris.set_colliders(hulls, pieces["hull_piece"], w.positions()[P], w.rotations()[P],
-                         w.velocities()[P], w.angular_velocities()[P])
+    debris.set_colliders(
+        hulls,
+        pieces["hull_piece"],
+        w.positions()[P],
+        w.rotations()[P],
+        w.velocities()[P],
+        w.angular_velocities()[P],
+    )
     debris.step(dt, substeps)
     if len(new):
         pts = w.bond_points()[new]
-        kin = break_inputs(bonds["pairs"][new], pts, bonds["areas"][new], w.positions()[P],
-                           w.velocities()[P], w.angular_velocities()[P], w.masses()[P])
-        debris.emit_breaks(pts, bonds["normals"][new], bonds["areas"][new], kin["energies"],
-                           kin["vel_a"], kin["vel_b"], pieces["material"][bonds["pairs"][new, 0]],
-                           shot.debris.per_break, time=debris.time)
+        kin = break_inputs(
+            bonds["pairs"][new],
+            pts,
+            bonds["areas"][new],
+            w.positions()[P],
+            w.velocities()[P],
+            w.angular_velocities()[P],
+            w.masses()[P],
+        )
+        debris.emit_breaks(
+            pts,
+            bonds["normals"][new],
+            bonds["areas"][new],
+            kin["energies"],
+            kin["vel_a"],
+            kin["vel_b"],
+            pieces["material"][bonds["pairs"][new, 0]],
+            shot.debris.per_break,
+            time=debris.time,
+        )
     return hulls
 
 
@@ -392,22 +478,30 @@ def _write_frame(sim_dir, f, fr, w, n_pieces, debris, record, energy_available) 
         raise UserError(
             f"simulate: frame {f}: piece {bad} has a non-finite position or velocity; likely "
             "cause: overlapping pieces at the start or too few sim.substeps for the impacts; "
-            f"frames before {f} are valid")
+            f"frames before {f} are valid"
+        )
     bound = ENERGY_FACTOR * (energy_available + w.injected_energy) + 1.0
     if ke > bound:
         raise UserError(
             f"simulate: frame {f}: kinetic energy {ke:.4g} J exceeds {ENERGY_FACTOR:g}x the energy "
             f"available ({bound:.4g} J): the solver blew up; likely cause: interpenetrating "
-            "pieces at the start or too few sim.substeps; frames before it are valid")
+            "pieces at the start or too few sim.substeps; frames before it are valid"
+        )
     if len(v):
         record.peak_speed = max(record.peak_speed, float(np.linalg.norm(v, axis=1).max()))
     record.peak_kinetic_energy = max(record.peak_kinetic_energy, ke)
     arrays = debris.snapshot() if debris is not None else _empty_debris()
     save_npz(
-        frame_path(sim_dir, f), SIM_FORMAT,
-        frame=np.int64(f), time=np.float64(fr.shot_time(f)),
-        position=x.astype(np.float32), rotation=q.astype(np.float32),
-        velocity=v.astype(np.float32), angular_velocity=om.astype(np.float32),
-        bond_broken=w.bond_broken(), bond_damage=w.bond_damage().astype(np.float32),
-        kinetic_energy=np.float64(ke), **arrays,
+        frame_path(sim_dir, f),
+        SIM_FORMAT,
+        frame=np.int64(f),
+        time=np.float64(fr.shot_time(f)),
+        position=x.astype(np.float32),
+        rotation=q.astype(np.float32),
+        velocity=v.astype(np.float32),
+        angular_velocity=om.astype(np.float32),
+        bond_broken=w.bond_broken(),
+        bond_damage=w.bond_damage().astype(np.float32),
+        kinetic_energy=np.float64(ke),
+        **arrays,
     )

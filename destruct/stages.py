@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from destruct.errors import StageNotBuilt
 from destruct.rundir import RunDir

@@ -63,7 +63,9 @@ def _value(text: str, key: str) -> Any:
     except tomllib.TOMLDecodeError:
         if text.replace("_", "").replace("-", "").isalnum():
             return text
-        raise UserError(f"--set {key}: cannot read value {text!r}; use TOML syntax, e.g. 1e4, true, \"name\"") from None
+        raise UserError(
+            f'--set {key}: cannot read value {text!r}; use TOML syntax, e.g. 1e4, true, "name"'
+        ) from None
 
 
 def _assign(data: dict[str, Any], key: str, value: Any) -> None:
@@ -74,7 +76,9 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"--set {key}: {'.'.join(parts[:i]) or 'shot'} has {len(node)} entries; index {part!r} is not one of them")
+                raise UserError(
+                    f"--set {key}: {'.'.join(parts[:i]) or 'shot'} has {len(node)} entries; index {part!r} is not one of them"
+                )
             if last:
                 node[int(part)] = value
             else:
@@ -105,7 +109,9 @@ def variants(shot_path: Path, sets: list[str]) -> list[Variant]:
         name = f"{base_name}_w{i:02d}"
         data.setdefault("shot", {})["name"] = name
         data.setdefault("output", {}).pop("dir", None)
-        shot = shot_from_dict(data, Path(shot_path).resolve().parent, f"{shot_path} (variant {i}: {values})")
+        shot = shot_from_dict(
+            data, Path(shot_path).resolve().parent, f"{shot_path} (variant {i}: {values})"
+        )
         out.append(Variant(name, values, shot))
     return out
 
@@ -116,8 +122,15 @@ def _run_one(shot: Shot, out: str, stages: str | None) -> dict[str, Any]:
     return run(shot, out, stages, quiet=True).manifest
 
 
-def run_wedge(shot_path: Path, sets: list[str], *, out: Path | None = None, stages: str | None = None,
-              ray_address: str | None = None, log: Any = None) -> dict[str, Any]:
+def run_wedge(
+    shot_path: Path,
+    sets: list[str],
+    *,
+    out: Path | None = None,
+    stages: str | None = None,
+    ray_address: str | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
     """Run every variant; write the contact sheet and the index. Returns the index."""
     from destruct.shot import load_shot
 
@@ -146,9 +159,15 @@ def run_wedge(shot_path: Path, sets: list[str], *, out: Path | None = None, stag
         "folder": str(root.resolve()),
         "axes": [parse_set(s)[0] for s in sets],
         "variants": [
-            {"name": v.name, "values": v.values, "run_dir": v.name,
-             "stages": {k: {"status": e.get("status"), "figures": e.get("figures", {})}
-                        for k, e in m.get("stages", {}).items()}}
+            {
+                "name": v.name,
+                "values": v.values,
+                "run_dir": v.name,
+                "stages": {
+                    k: {"status": e.get("status"), "figures": e.get("figures", {})}
+                    for k, e in m.get("stages", {}).items()
+                },
+            }
             for v, m in zip(vs, manifests)
         ],
     }
@@ -163,11 +182,19 @@ def run_wedge(shot_path: Path, sets: list[str], *, out: Path | None = None, stag
 
 def _markdown(index: dict[str, Any]) -> str:
     axes = index["axes"]
-    lines = [f"# Wedge of {index['shot']}", "", "| variant | " + " | ".join(axes) + " | stages |",
-             "|---" * (len(axes) + 2) + "|"]
+    lines = [
+        f"# Wedge of {index['shot']}",
+        "",
+        "| variant | " + " | ".join(axes) + " | stages |",
+        "|---" * (len(axes) + 2) + "|",
+    ]
     for v in index["variants"]:
         st = ", ".join(f"{k}: {e['status']}" for k, e in v["stages"].items())
-        lines.append(f"| [{v['name']}]({v['run_dir']}/) | " + " | ".join(str(v["values"][a]) for a in axes) + f" | {st} |")
+        lines.append(
+            f"| [{v['name']}]({v['run_dir']}/) | "
+            + " | ".join(str(v["values"][a]) for a in axes)
+            + f" | {st} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -177,8 +204,10 @@ def _middle_frame(run_dir: Path, shot: Shot) -> np.ndarray | None:
 
     frames = shot.frame_numbers()
     f = frames[len(frames) // 2]
-    for p in (run_dir / "refine" / f"{shot.shot.name}.{f:04d}.png",
-              run_dir / "passes" / "beauty" / f"{shot.shot.name}.{f:04d}.png"):
+    for p in (
+        run_dir / "refine" / f"{shot.shot.name}.{f:04d}.png",
+        run_dir / "passes" / "beauty" / f"{shot.shot.name}.{f:04d}.png",
+    ):
         if p.is_file():
             return np.asarray(iio.imread(p))[..., :3]
     return None
@@ -191,12 +220,14 @@ def contact_sheet(root: Path, vs: list[Variant], tile_width: int = 480) -> Path 
     tiles = []
     for v in vs:
         img = _middle_frame(root / v.name, v.shot)
-        h = int(round(tile_width * v.shot.camera.resolution[1] / v.shot.camera.resolution[0]))
+        h = round(tile_width * v.shot.camera.resolution[1] / v.shot.camera.resolution[0])
         tile = Image.new("RGB", (tile_width, h + 22), (24, 24, 24))
         if img is not None:
             tile.paste(Image.fromarray(img).resize((tile_width, h)), (0, 22))
         label = v.name + "  " + "  ".join(f"{k}={val}" for k, val in v.values.items())
-        ImageDraw.Draw(tile).text((6, 5), label if img is not None else label + "  (no frame)", fill=(235, 235, 235))
+        ImageDraw.Draw(tile).text(
+            (6, 5), label if img is not None else label + "  (no frame)", fill=(235, 235, 235)
+        )
         tiles.append((tile, img is not None))
     if not any(ok for _, ok in tiles):
         return None

@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,7 +141,8 @@ class World:
         self._excluded = np.zeros((0, 2), dtype=np.int32)  # body pairs that never collide
         # rows added since the last flush (bulk adds stay O(n)): name -> list of arrays
         self._pending: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi")}
+            k: [] for k in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi")
+        }
         self._nbody = self._nbond = self._nhv = self._nhp = 0
         self._dev: dict[str, Any] = {}
         self._host_fresh = True  # host tables hold the latest state
@@ -242,8 +243,12 @@ class World:
             r = float(np.linalg.norm(v - centre, axis=1).max())
             radius = max(radius, float(np.linalg.norm(v, axis=1).max()))
             pend = self._pending
-            pend["si"].append(np.array([[idx, self._nhv, self._nhv + len(v), self._nhp,
-                                         self._nhp + len(p)]], dtype=np.int32))
+            pend["si"].append(
+                np.array(
+                    [[idx, self._nhv, self._nhv + len(v), self._nhp, self._nhp + len(p)]],
+                    dtype=np.int32,
+                )
+            )
             pend["sf"].append(np.array([[*centre, r]]))
             pend["hv"].append(v)
             pend["hp"].append(p)
@@ -341,36 +346,60 @@ class World:
             self.time += dt
             self.steps += 1
             return
-        _, bodies, _, contacts, bonds, solve = _k()
+        _, bodies, _, _, bonds, solve = _k()
         npairs = self._detect(dt, narrow=False)
         d = self._dev
         h = dt / substeps
         g = self.gravity
-        nunits = 0
         for s in range(substeps):
-            # contacts anew every substep (pairs once per step, grown by the step's motion):
-            # normals and points of fast-turning pieces would go stale over a whole frame
-            if npairs:
-                contacts.narrowphase(d["bf"], d["si"], d["hv"], d["hp"], h, CONTACT_MARGIN,
-                                     npairs, d["pairs"], d["pn"], d["cf"])
-            solve.build_units(d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"],
-                              d["blist"], d["xstart"], d["xlist"], d["units"], d["count"])
-            nunits = int(d["count"][0])
-            solve.substep(d["bf"], d["bi"], d["si"], d["pairs"], d["pn"], d["cf"], d["bdf"],
-                          d["bdi"], d["units"], nunits, h, g[0], g[1], g[2],
-                          self.ground_friction, int(s == 0), s % 2, self.iterations)
+            for launch in self._substep_launches(h, npairs, s).values():
+                launch()
+        nunits = int(d["count"][0])
         if self.num_bonds:
-            bonds.bonds_end_step(d["bf"], d["bi"], d["bdf"], d["bdi"], substeps,
-                                 int(self.breakable))
+            bonds.bonds_end_step(
+                d["bf"], d["bi"], d["bdf"], d["bdi"], substeps, int(self.breakable)
+            )
         solve.wake_touched(
             d["bf"], d["bi"], d["si"], d["pairs"], d["bdi"], d["units"], nunits, WAKE_SPEED
         )
-        bodies.end_step(d["bf"], d["bi"], SLEEP_SPEED, max(1, int(np.ceil(SLEEP_TIME / dt))), h,
-                        g[0], g[1], g[2])
+        bodies.end_step(
+            d["bf"],
+            d["bi"],
+            SLEEP_SPEED,
+            max(1, int(np.ceil(SLEEP_TIME / dt))),
+            h,
+            g[0],
+            g[1],
+            g[2],
+        )
         self.last_pairs, self.last_units = npairs, nunits
         self.time += dt
         self.steps += 1
         self._host_fresh = False
+
+    def _substep_launches(self, h: float, npairs: int, s: int) -> dict[str, Callable[[], None]]:
+        """The kernel launches of substep ``s`` in order, by name (bench_floor times each).
+
+        Contacts are found anew every substep (pairs once per step, grown by the step's motion):
+        normals and points of fast-turning pieces would go stale over a whole frame."""
+        _, _, _, contacts, _, solve = _k()
+        d, g = self._dev, self.gravity
+        launches: dict[str, Callable[[], None]] = {}
+        if npairs:
+            launches["narrowphase"] = lambda: contacts.narrowphase(
+                d["bf"], d["si"], d["hv"], d["hp"], h, CONTACT_MARGIN, npairs, d["pairs"],
+                d["pn"], d["cf"],
+            )  # fmt: skip
+        launches["build_units"] = lambda: solve.build_units(
+            d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"], d["blist"], d["xstart"],
+            d["xlist"], d["units"], d["count"],
+        )  # fmt: skip
+        launches["substep"] = lambda: solve.substep(
+            d["bf"], d["bi"], d["si"], d["pairs"], d["pn"], d["cf"], d["bdf"], d["bdi"],
+            d["units"], int(d["count"][0]), h, g[0], g[1], g[2], self.ground_friction,
+            int(s == 0), s % 2, self.iterations,
+        )  # fmt: skip
+        return launches
 
     def _detect(self, dt: float, narrow: bool = True) -> int:
         """Upload edits, then broadphase (+ narrowphase); returns the number of pairs."""
@@ -378,18 +407,58 @@ class World:
         self._push()
         d = self._dev
         ground = int(self.ground)
-        bp.build_grid(d["bf"], d["bi"], d["sf"], d["si"], dt, CONTACT_MARGIN, d["sb"], d["aux"],
-                      d["gstart"], d["gfill"], d["gitems"], d["shash"])
-        bp.count_pairs(d["bi"], d["si"], d["sb"], d["gstart"], d["gitems"], d["aux"], ground,
-                       d["pairs"], d["pstart"])
+        bp.build_grid(
+            d["bf"],
+            d["bi"],
+            d["sf"],
+            d["si"],
+            dt,
+            CONTACT_MARGIN,
+            d["sb"],
+            d["aux"],
+            d["gstart"],
+            d["gfill"],
+            d["gitems"],
+            d["shash"],
+        )
+        bp.count_pairs(
+            d["bi"],
+            d["si"],
+            d["sb"],
+            d["gstart"],
+            d["gitems"],
+            d["aux"],
+            ground,
+            d["pairs"],
+            d["pstart"],
+        )
         npairs = int(d["pstart"][self._si.shape[0]])
         self._ensure_pairs(npairs)
         if npairs:
-            bp.write_pairs(d["bi"], d["si"], d["sb"], d["gstart"], d["gitems"], d["aux"], ground,
-                           d["pstart"], d["pairs"])
+            bp.write_pairs(
+                d["bi"],
+                d["si"],
+                d["sb"],
+                d["gstart"],
+                d["gitems"],
+                d["aux"],
+                ground,
+                d["pstart"],
+                d["pairs"],
+            )
         if npairs and narrow:
-            contacts.narrowphase(d["bf"], d["si"], d["hv"], d["hp"], dt, CONTACT_MARGIN, npairs,
-                                 d["pairs"], d["pn"], d["cf"])
+            contacts.narrowphase(
+                d["bf"],
+                d["si"],
+                d["hv"],
+                d["hp"],
+                dt,
+                CONTACT_MARGIN,
+                npairs,
+                d["pairs"],
+                d["pn"],
+                d["cf"],
+            )
         return npairs
 
     def exclude_overlaps(self, tolerance: float = 1e-3) -> int:
@@ -413,10 +482,14 @@ class World:
         b = np.where(pairs[:, 1] >= 0, self._si[np.maximum(pairs[:, 1], 0), 0], -1)
         k = np.arange(C.MAXC)[None, :] < pairs[:, 2:3]  # (P, MAXC) live points
         xa, qa = self._bf[a, 0:3], self._bf[a, 3:7]
-        pa = xa[:, None] + _qrot_many(np.repeat(qa, C.MAXC, 0), cf[:, :, C.RA:C.RA + 3].reshape(-1, 3)).reshape(npairs, C.MAXC, 3)
-        rb = cf[:, :, C.RB:C.RB + 3]
+        pa = xa[:, None] + _qrot_many(
+            np.repeat(qa, C.MAXC, 0), cf[:, :, C.RA : C.RA + 3].reshape(-1, 3)
+        ).reshape(npairs, C.MAXC, 3)
+        rb = cf[:, :, C.RB : C.RB + 3]
         xb, qb = self._bf[np.maximum(b, 0), 0:3], self._bf[np.maximum(b, 0), 3:7]
-        pb_body = xb[:, None] + _qrot_many(np.repeat(qb, C.MAXC, 0), rb.reshape(-1, 3)).reshape(npairs, C.MAXC, 3)
+        pb_body = xb[:, None] + _qrot_many(np.repeat(qb, C.MAXC, 0), rb.reshape(-1, 3)).reshape(
+            npairs, C.MAXC, 3
+        )
         pb = np.where((b >= 0)[:, None, None], pb_body, rb)
         depth = np.einsum("pkc,pc->pk", pb - pa, pn)
         deep = np.where(k, depth, -np.inf).max(axis=1) > tolerance
@@ -502,7 +575,8 @@ class World:
                     setattr(self, attr, np.concatenate([getattr(self, attr), *pend[name]]))
                     pend[name].clear()
             self._broken_seen = np.concatenate(
-                [self._broken_seen, np.zeros(len(self._bdi) - len(self._broken_seen), dtype=bool)])
+                [self._broken_seen, np.zeros(len(self._bdi) - len(self._broken_seen), dtype=bool)]
+            )
 
     def _edit(self) -> None:
         self._pull()

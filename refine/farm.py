@@ -30,7 +30,9 @@ class FarmWorker(WindowRefiner):
     picks that window deletes the file and kills its own process, once.
     """
 
-    def __init__(self, shot: Any, run_dir: str, *, force: bool = False, crash_once: str | None = None):
+    def __init__(
+        self, shot: Any, run_dir: str, *, force: bool = False, crash_once: str | None = None
+    ):
         super().__init__(shot, run_dir, force=force)
         self.crash_once = crash_once
 

@@ -12,7 +12,6 @@ Solver state is float64 (positions of a 30 m building at 1e-7 relative precision
 written as float32 by the host).
 """
 
-
 import os
 
 import taichi as ti

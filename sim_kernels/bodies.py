@@ -16,7 +16,6 @@ Body tables (one row per body, columns named below):
     an impact).
 """
 
-
 from sim_kernels.backend import (
     F2,
     I2,
@@ -182,8 +181,7 @@ def update_body_velocity(bf: ti.template(), bi: ti.template(), i, h):
 
 
 @ti.kernel
-def end_step(bf: F2, bi: I2, v_sleep: f64, calm_frames: ti.i32, h: f64, gx: f64, gy: f64,
-             gz: f64):
+def end_step(bf: F2, bi: I2, v_sleep: f64, calm_frames: ti.i32, h: f64, gx: f64, gy: f64, gz: f64):
     """After a step: count calm frames, sleep or wake bodies, back to true velocities.
 
     The sleep test uses the mid-substep velocity, which is exactly 0 for a body at rest.

@@ -23,7 +23,6 @@ The force is the constraint's total impulse (position pass lambda / h plus veloc
 impulse) averaged over the step's substeps: single XPBD multipliers are noisy.
 """
 
-
 from sim_kernels.backend import (
     F2,
     I2,
@@ -41,7 +40,18 @@ from sim_kernels.bodies import IMPACT, WAKE, Q, V, W, movable, w_pair
 from sim_kernels.contacts import _attach
 
 RA, RB, QREL, NRM, AREA, TEN, SHR, CMP, DMG, FACC, TACC, RATIO = (
-    0, 3, 6, 10, 13, 14, 15, 16, 17, 18, 21, 24,
+    0,
+    3,
+    6,
+    10,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    21,
+    24,
 )
 LROT, LPOS, AROT, APOS = 25, 26, 27, 28
 NBD = 29
@@ -91,8 +101,9 @@ def bond_position_row(bf: ti.template(), bdf: ti.template(), bdi: ti.template(),
 
 
 @ti.func
-def bond_velocity_row(bf: ti.template(), bi: ti.template(), bdf: ti.template(),
-                      bdi: ti.template(), k, r):
+def bond_velocity_row(
+    bf: ti.template(), bi: ti.template(), bdf: ti.template(), bdi: ti.template(), k, r
+):
     """A rigid bond leaves no relative velocity: row 0 removes the relative point velocity,
     row 1 the relative spin. Returns (valid, impulse on A, offset on A, offset on B, angular).
     """
@@ -146,7 +157,8 @@ def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32, breakable
                 sig_c = ti.max(-fn, 0.0) / area + bend
                 tau = fs / area + 4.2426 * mt / s3
                 bdf[k, RATIO] = ti.max(
-                    sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP]))
+                    sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP])
+                )
             area = bdf[k, AREA]
             impact = bf[a, IMPACT] * breakable
             if b >= 0:

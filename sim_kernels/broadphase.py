@@ -11,7 +11,6 @@ the pair list comes out in the same order on every run (determinism, DESIGN.md s
 Pairs: ``pairs: (P, 4) i32`` shape A, shape B (-1 = ground), contact count (narrowphase), spare.
 """
 
-
 from sim_kernels.backend import F2, I1, I2, f64, get3, get4, quat_rotate, set3, ti, vec3
 from sim_kernels.bodies import FIXED, FLAGS, RAD, SLEEP, Q, V, W, X
 
@@ -41,8 +40,18 @@ def _hash(c, mask) -> ti.i32:
 
 @ti.kernel
 def build_grid(
-    bf: F2, bi: I2, sf: F2, si: I2, dt: f64, margin: f64,
-    sb: F2, aux: F2, gstart: I1, gfill: I1, gitems: I1, shash: I1,
+    bf: F2,
+    bi: I2,
+    sf: F2,
+    si: I2,
+    dt: f64,
+    margin: f64,
+    sb: F2,
+    aux: F2,
+    gstart: I1,
+    gfill: I1,
+    gitems: I1,
+    shash: I1,
 ):
     """Grow shape spheres by one step of motion, then counting-sort shapes into hash buckets.
 
@@ -82,8 +91,17 @@ def build_grid(
 
 @ti.func
 def _visit_pairs(
-    s, bi: ti.template(), si: ti.template(), sb: ti.template(), gstart: ti.template(),
-    gitems: ti.template(), cell_size, ground, pairs: ti.template(), base, write: ti.template(),
+    s,
+    bi: ti.template(),
+    si: ti.template(),
+    sb: ti.template(),
+    gstart: ti.template(),
+    gitems: ti.template(),
+    cell_size,
+    ground,
+    pairs: ti.template(),
+    base,
+    write: ti.template(),
 ) -> ti.i32:
     """Count (write=0) or store (write=1, from row base) the candidate pairs of shape s."""
     n = 0
@@ -124,7 +142,14 @@ def _visit_pairs(
 
 @ti.kernel
 def count_pairs(
-    bi: I2, si: I2, sb: F2, gstart: I1, gitems: I1, aux: F2, ground: ti.i32, pairs: I2,
+    bi: I2,
+    si: I2,
+    sb: F2,
+    gstart: I1,
+    gitems: I1,
+    aux: F2,
+    ground: ti.i32,
+    pairs: I2,
     pstart: I1,
 ):
     """pstart: (S + 1,) exclusive prefix sum of each shape's pair count; pstart[S] = total."""
@@ -141,7 +166,14 @@ def count_pairs(
 
 @ti.kernel
 def write_pairs(
-    bi: I2, si: I2, sb: F2, gstart: I1, gitems: I1, aux: F2, ground: ti.i32, pstart: I1,
+    bi: I2,
+    si: I2,
+    sb: F2,
+    gstart: I1,
+    gitems: I1,
+    aux: F2,
+    ground: ti.i32,
+    pstart: I1,
     pairs: I2,
 ):
     for s in range(si.shape[0]):

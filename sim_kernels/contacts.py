@@ -24,7 +24,6 @@ and static-friction correction per substep, then a velocity pass for dynamic fri
 restitution.
 """
 
-
 from sim_kernels.backend import F2, I2, f64, get3, get4, quat_conj, quat_rotate, set3, ti, vec3
 from sim_kernels.bodies import (
     MU,
@@ -102,7 +101,15 @@ def _extremes(bv, best, k, u1, u2, p):
 
 @ti.kernel
 def narrowphase(
-    bf: F2, si: I2, hv: F2, hp: F2, dt: f64, margin: f64, npairs: ti.i32, pairs: I2, pn: F2,
+    bf: F2,
+    si: I2,
+    hv: F2,
+    hp: F2,
+    dt: f64,
+    margin: f64,
+    npairs: ti.i32,
+    pairs: I2,
+    pn: F2,
     cf: F2,
 ):
     """Contact manifold of every pair: pairs[p, 2] receives its point count (0..MAXC)."""
@@ -168,8 +175,9 @@ def narrowphase(
                             inside = 1
                             if b >= 0:
                                 so = sh[1 - side]
-                                inside = _inside(bf, other, hp, si[so, 3], si[so, 4],
-                                                 q + sgn * depth * n, tol)
+                                inside = _inside(
+                                    bf, other, hp, si[so, 3], si[so, 4], q + sgn * depth * n, tol
+                                )
                             if inside != 0:
                                 bv, best = _extremes(bv, best, k, u1, u2, q)
                 for j in range(4):
@@ -252,9 +260,19 @@ def _point(cf: ti.template(), pairs: ti.template(), p, k):
 
 
 @ti.func
-def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
-                         pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
-                         ground_mu, h):
+def contact_position_row(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    pn: ti.template(),
+    cf: ti.template(),
+    p,
+    k,
+    fric,
+    ground_mu,
+    h,
+):
     """Non-penetration (fric = 0) or static friction (fric = 1) of point k (k < 0: centroid).
 
     A penetration is pushed out by at most MAX_DEPENETRATION * h per substep: the push becomes
@@ -296,9 +314,21 @@ def contact_position_row(bf: ti.template(), bi: ti.template(), si: ti.template()
 
 
 @ti.func
-def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template(),
-                         pairs: ti.template(), pn: ti.template(), cf: ti.template(), p, k, fric,
-                         h, g_dir, g_norm, ground_mu):
+def contact_velocity_row(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    pn: ti.template(),
+    cf: ti.template(),
+    p,
+    k,
+    fric,
+    h,
+    g_dir,
+    g_norm,
+    ground_mu,
+):
     """Restitution (fric = 0) or dynamic friction (fric = 1) of point k (k < 0: centroid).
 
     Separate projections (normal first), so neither can add energy.
@@ -355,7 +385,8 @@ def contact_velocity_row(bf: ti.template(), bi: ti.template(), si: ti.template()
                 if k >= 0:
                     own = lam - pn[p, PN_LAM] / nc
                     budget = budget / nc + _mu(bf, a, b, ground_mu) * (
-                        own / h + cf[p * MAXC + k, JN])
+                        own / h + cf[p * MAXC + k, JN]
+                    )
                 t = vt / st
                 wt = w_pair(bf, bi, a, b, ra, rb, t, mode)
                 jt = ti.min(budget, st / wt)

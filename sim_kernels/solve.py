@@ -11,7 +11,6 @@ serial sweep is the simpler choice. A contact pair whose bodies share an intact 
 overlapped at the start, see World.exclude_overlaps) is left out.
 """
 
-
 from sim_kernels.backend import F2, I1, I2, f64, get3, ti, vec3
 from sim_kernels.bodies import (
     CALM,
@@ -64,8 +63,17 @@ def _dynamic(bi: ti.template(), b) -> ti.i32:
 
 @ti.kernel
 def build_units(
-    bi: I2, si: I2, npairs: ti.i32, pairs: I2, bdi: I2, bond_start: I1, bond_list: I1,
-    excl_start: I1, excl_list: I1, units: I2, count: I1,
+    bi: I2,
+    si: I2,
+    npairs: ti.i32,
+    pairs: I2,
+    bdi: I2,
+    bond_start: I1,
+    bond_list: I1,
+    excl_start: I1,
+    excl_list: I1,
+    units: I2,
+    count: I1,
 ):
     """List this step's constraints in a fixed order; count[0] receives their number.
 
@@ -98,8 +106,14 @@ def build_units(
 
 
 @ti.func
-def _unit(bi: ti.template(), si: ti.template(), pairs: ti.template(), bdi: ti.template(), u,
-          units: ti.template()):
+def _unit(
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    bdi: ti.template(),
+    u,
+    units: ti.template(),
+):
     """Bodies of unit u, and 1 when it has work to do (some body movable, bond intact)."""
     idx = units[u, 1]
     a = 0
@@ -152,9 +166,24 @@ def _supporting(pairs: ti.template(), pn: ti.template(), p, g) -> ti.i32:
 
 @ti.kernel
 def substep(
-    bf: F2, bi: I2, si: I2, pairs: I2, pn: F2, cf: F2, bdf: F2, bdi: I2, units: I2,
-    nunits: ti.i32, h: f64, gx: f64, gy: f64, gz: f64, ground_mu: f64, first: ti.i32,
-    flip: ti.i32, iterations: ti.i32,
+    bf: F2,
+    bi: I2,
+    si: I2,
+    pairs: I2,
+    pn: F2,
+    cf: F2,
+    bdf: F2,
+    bdi: I2,
+    units: I2,
+    nunits: ti.i32,
+    h: f64,
+    gx: f64,
+    gy: f64,
+    gz: f64,
+    ground_mu: f64,
+    first: ti.i32,
+    flip: ti.i32,
+    iterations: ti.i32,
 ):
     """One XPBD substep over all bodies and constraints (Mueller et al. 2020, algorithm 2).
 
@@ -199,7 +228,8 @@ def substep(
             if kind == CONTACT:
                 k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, dirn, ra, rb, c, limit = contact_position_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h)
+                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h
+                )
                 if k < 0 and _supporting(pairs, pn, idx, g) != 0:
                     angular = 2  # a face contact's centroid rows move it, the corner rows turn
             else:
@@ -259,8 +289,20 @@ def substep(
             if kind == CONTACT:
                 k, fric = _contact_row(r, pairs[idx, 2], flip)
                 valid, imp, ra, rb, energy = contact_velocity_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, fric, h, g / ti.max(g.norm(), 1e-30),
-                    g.norm(), ground_mu)
+                    bf,
+                    bi,
+                    si,
+                    pairs,
+                    pn,
+                    cf,
+                    idx,
+                    k,
+                    fric,
+                    h,
+                    g / ti.max(g.norm(), 1e-30),
+                    g.norm(),
+                    ground_mu,
+                )
                 if k < 0 and fric != 0 and _supporting(pairs, pn, idx, g) != 0:
                     angular = 2
             else:
@@ -281,8 +323,9 @@ def substep(
 
 
 @ti.kernel
-def wake_touched(bf: F2, bi: I2, si: I2, pairs: I2, bdi: I2, units: I2, nunits: ti.i32,
-                 v_wake: f64):
+def wake_touched(
+    bf: F2, bi: I2, si: I2, pairs: I2, bdi: I2, units: I2, nunits: ti.i32, v_wake: f64
+):
     """Wake sleeping bodies touched (contact or bond) by a body that moves faster than v_wake,
     took an impact this step (IMPACT > 0), or was itself woken by an impact last step (CALM < 0):
     an impact on a sleeping pile wakes two layers, not only the body it hit.

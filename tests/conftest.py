@@ -13,10 +13,18 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: str | Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """``destruct ARGS`` in a fresh interpreter; returns the completed process (text output)."""
-    return subprocess.run([sys.executable, "-m", "destruct.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "destruct.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -55,21 +55,31 @@ def test_symlink_loop_mesh(tmp_path, capsys):
     (tmp_path / "a.glb").symlink_to(tmp_path / "b.glb")
     (tmp_path / "b.glb").symlink_to(tmp_path / "a.glb")
     (tmp_path / "s.toml").write_text('[building]\nmesh = "a.glb"\n')
-    _expect_one_clear_line(capsys, ["validate", str(tmp_path / "s.toml")], "building.mesh = 'a.glb'")
+    _expect_one_clear_line(
+        capsys, ["validate", str(tmp_path / "s.toml")], "building.mesh = 'a.glb'"
+    )
 
 
 def test_foreign_output_folder_is_never_written(tmp_path, capsys):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
-    _expect_one_clear_line(capsys, ["run", "--out", str(out), "--quiet"], "holds no destruct manifest")
+    _expect_one_clear_line(
+        capsys, ["run", "--out", str(out), "--quiet"], "holds no destruct manifest"
+    )
     assert os.listdir(out) == ["holiday.jpg"]
 
 
 def test_bad_flags(tmp_path, capsys):
-    _expect_one_clear_line(capsys, ["run", "--stages", "prepare,xray", "--out", str(tmp_path)], "unknown stage xray")
-    _expect_one_clear_line(capsys, ["run", "--frames", "5:1", "--out", str(tmp_path)], "--frames '5:1'")
-    _expect_one_clear_line(capsys, ["run", "--backend", "metal", "--out", str(tmp_path)], "--backend 'metal'")
+    _expect_one_clear_line(
+        capsys, ["run", "--stages", "prepare,xray", "--out", str(tmp_path)], "unknown stage xray"
+    )
+    _expect_one_clear_line(
+        capsys, ["run", "--frames", "5:1", "--out", str(tmp_path)], "--frames '5:1'"
+    )
+    _expect_one_clear_line(
+        capsys, ["run", "--backend", "metal", "--out", str(tmp_path)], "--backend 'metal'"
+    )
     _expect_one_clear_line(capsys, ["validate", str(tmp_path / "missing.toml")], "does not exist")
 
 
@@ -78,8 +88,13 @@ def test_a_non_manifold_edge_is_two_solids_not_an_error(tmp_path, capsys):
     import json
 
     shot = tmp_path / "s.toml"
-    shot.write_text(f'[building]\nmesh = "{CORPUS / "meshes" / "nonmanifold_edge.obj"}"\n[fracture]\npieces = 4\n')
-    assert main(["run", str(shot), "--stages", "prepare", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    shot.write_text(
+        f'[building]\nmesh = "{CORPUS / "meshes" / "nonmanifold_edge.obj"}"\n[fracture]\npieces = 4\n'
+    )
+    assert (
+        main(["run", str(shot), "--stages", "prepare", "--out", str(tmp_path / "run"), "--quiet"])
+        == 0
+    )
     info = json.loads((tmp_path / "run" / "fracture" / "fracture.json").read_text())
     assert info["repair"]["parts"] == 2 and abs(info["input_volume"] - 2.0) < 1e-9
     assert info["volume_error"] < 1e-6

@@ -6,9 +6,20 @@ from benchmarks import runner
 
 
 def test_medians_group_cases_and_take_the_median():
-    runs = [[{"name": "sim", "pieces": 500, "seconds": 1.0}, {"name": "sim", "pieces": 1000, "seconds": 4.0}],
-            [{"name": "sim", "pieces": 500, "seconds": 3.0}, {"name": "sim", "pieces": 1000, "seconds": 2.0}],
-            [{"name": "sim", "pieces": 500, "seconds": 2.0}, {"name": "sim", "pieces": 1000, "seconds": 9.0}]]
+    runs = [
+        [
+            {"name": "sim", "pieces": 500, "seconds": 1.0},
+            {"name": "sim", "pieces": 1000, "seconds": 4.0},
+        ],
+        [
+            {"name": "sim", "pieces": 500, "seconds": 3.0},
+            {"name": "sim", "pieces": 1000, "seconds": 2.0},
+        ],
+        [
+            {"name": "sim", "pieces": 500, "seconds": 2.0},
+            {"name": "sim", "pieces": 1000, "seconds": 9.0},
+        ],
+    ]
     out = {r["pieces"]: r for r in runner.medians(runs)}
     assert out[500]["seconds"] == 2.0 and out[1000]["seconds"] == 4.0 and out[500]["repeats"] == 3
 

@@ -64,8 +64,14 @@ def shot_file(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("crash")
     tiny = save_tiny_set(root / "models", kinds=("depth", "normal"))
-    nets = "[" + ", ".join(f'{{ kind = "{c["kind"]}", model = "{c["model"]}", scale = 1.0 }}'
-                           for c in tiny["controlnets"]) + "]"
+    nets = (
+        "["
+        + ", ".join(
+            f'{{ kind = "{c["kind"]}", model = "{c["model"]}", scale = 1.0 }}'
+            for c in tiny["controlnets"]
+        )
+        + "]"
+    )
     p = root / "tiny.toml"
     p.write_text(SHOT.format(model=tiny["model"], controlnets=nets))
     return p
@@ -73,8 +79,13 @@ def shot_file(tmp_path_factory):
 
 def _run(shot: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYOPENGL_PLATFORM": "egl"}
-    return subprocess.Popen([sys.executable, "-m", "destruct.cli", "run", str(shot), "--out", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "destruct.cli", "run", str(shot), "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(shot: Path, out: Path) -> None:

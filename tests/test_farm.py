@@ -9,13 +9,16 @@ import pytest
 
 pytest.importorskip("diffusers")
 
+from test_refine_stage import FIRST, N, _ctx, _refine_table, _write_passes, models  # noqa: F401
+
 from refine import stage as refine_stage
 from refine.farm import plan, refine_windows
-from test_refine_stage import FIRST, N, _ctx, _refine_table, _write_passes, models  # noqa: F401
 
 
 def _frames(ctx):
-    return {f: (ctx.run_dir / "refine" / f"t.{f:04d}.png").read_bytes() for f in range(FIRST, FIRST + N)}
+    return {
+        f: (ctx.run_dir / "refine" / f"t.{f:04d}.png").read_bytes() for f in range(FIRST, FIRST + N)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +33,16 @@ def _farmed(models, folder, ray, monkeypatch, **kw):  # noqa: F811
     farm = _ctx(folder, _refine_table(models), plate=False)
     _write_passes(farm.run_dir)
     seen = []
-    paths = refine_windows(farm.shot, farm.run_dir, ray, actors=2, progress=lambda d, t: seen.append((d, t)), **kw)
+    paths = refine_windows(
+        farm.shot, farm.run_dir, ray, actors=2, progress=lambda d, t: seen.append((d, t)), **kw
+    )
     assert len(paths) == 2 and all(p.endswith(".npz") for p in paths)
     assert seen == [(1, 2), (2, 2)]
     refined_here = []
     real = refine_stage._LazyFrames
-    monkeypatch.setattr(refine_stage, "_LazyFrames", lambda r, w: refined_here.append(w) or real(r, w))
+    monkeypatch.setattr(
+        refine_stage, "_LazyFrames", lambda r, w: refined_here.append(w) or real(r, w)
+    )
     refine_stage.run_refine(farm)
     monkeypatch.undo()
     assert refined_here == []  # the stage only cross-faded the farmed windows
@@ -63,7 +70,10 @@ def test_plan_uses_gpus_when_the_cluster_has_them():
         def cluster_resources(self):
             return self.res
 
-    assert plan(FakeRay({"CPU": 16.0, "GPU": 4.0}), None, 1.0) == (4, {"num_gpus": 1, "num_cpus": 1})
+    assert plan(FakeRay({"CPU": 16.0, "GPU": 4.0}), None, 1.0) == (
+        4,
+        {"num_gpus": 1, "num_cpus": 1},
+    )
     assert plan(FakeRay({"CPU": 8.0}), None, 2.0) == (4, {"num_gpus": 0, "num_cpus": 2.0})
     assert plan(FakeRay({"CPU": 8.0}), 3, 1.0)[0] == 3
 
@@ -96,8 +106,14 @@ def test_two_variant_wedge_on_ray(ray_local, tmp_path):
 
     shot = tmp_path / "wr.toml"
     shot.write_text(WEDGE_SHOT)
-    index = run_wedge(shot, ["fracture.pieces=8,12"], out=tmp_path / "w", stages="prepare,simulate,render",
-                      ray_address="local", log=lambda m: None)
+    index = run_wedge(
+        shot,
+        ["fracture.pieces=8,12"],
+        out=tmp_path / "w",
+        stages="prepare,simulate,render",
+        ray_address="local",
+        log=lambda m: None,
+    )
     assert [v["values"]["fracture.pieces"] for v in index["variants"]] == [8, 12]
     for v in index["variants"]:
         m = json.loads((tmp_path / "w" / v["name"] / "manifest.json").read_text())

@@ -21,12 +21,23 @@ SECTIONS = list(Shot.model_fields)
 BASE = destruct.load_shot(destruct.default_shot_path()).to_dict()
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)
-keys = st.one_of(st.sampled_from(SECTIONS + ["frames", "pieces", "position", "time", "name"]), st.text(max_size=8))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+keys = st.one_of(
+    st.sampled_from(SECTIONS + ["frames", "pieces", "position", "time", "name"]),
+    st.text(max_size=8),
+)
 
 
 def _paths(d, prefix=()):

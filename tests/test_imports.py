@@ -14,5 +14,7 @@ def test_import_destruct_loads_no_heavy_module():
         "destruct.load_shot(destruct.default_shot_path())\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == ""

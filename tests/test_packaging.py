@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_holds_code_assets_and_shaders(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("destruct-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for pkg in ("destruct", "sim_kernels", "refine"):

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import destruct
 from destruct import stages as stage_registry
@@ -19,14 +20,16 @@ from destruct.pipeline import run
 from destruct.shot import shot_from_dict
 from destruct.stages import Stage
 
-from conftest import run_cli
-
 CALLS: list[str] = []
 
 
 def fake_prepare(ctx):
     CALLS.append("prepare")
-    save_npz(ctx.path("fracture", "pieces.npz"), "destruct.pieces/1", n=np.array(ctx.shot.fracture.pieces))
+    save_npz(
+        ctx.path("fracture", "pieces.npz"),
+        "destruct.pieces/1",
+        n=np.array(ctx.shot.fracture.pieces),
+    )
     return {"pieces": ctx.shot.fracture.pieces}
 
 
@@ -34,7 +37,9 @@ def fake_simulate(ctx):
     CALLS.append("simulate")
     n = int(load_npz(ctx.path("fracture", "pieces.npz"), "destruct.pieces/1")["n"])
     for f in ctx.frames:
-        save_npz(ctx.path("sim", f"frame.{f:04d}.npz"), "destruct.sim/1", y=np.full(n, f, np.float32))
+        save_npz(
+            ctx.path("sim", f"frame.{f:04d}.npz"), "destruct.sim/1", y=np.full(n, f, np.float32)
+        )
     return {"bonds_broken": 0}
 
 
@@ -59,13 +64,17 @@ def fake_encode(ctx):
 
 @pytest.fixture(autouse=True)
 def fake_stages(monkeypatch):
-    monkeypatch.setattr(stage_registry, "ENTRY_POINTS", {
-        Stage.PREPARE: "test_pipeline:fake_prepare",
-        Stage.SIMULATE: "test_pipeline:fake_simulate",
-        Stage.RENDER: "test_pipeline:fake_render",
-        Stage.REFINE: "test_pipeline:fake_refine",
-        Stage.ENCODE: "test_pipeline:fake_encode",
-    })
+    monkeypatch.setattr(
+        stage_registry,
+        "ENTRY_POINTS",
+        {
+            Stage.PREPARE: "test_pipeline:fake_prepare",
+            Stage.SIMULATE: "test_pipeline:fake_simulate",
+            Stage.RENDER: "test_pipeline:fake_render",
+            Stage.REFINE: "test_pipeline:fake_refine",
+            Stage.ENCODE: "test_pipeline:fake_encode",
+        },
+    )
     CALLS.clear()
 
 
@@ -148,7 +157,9 @@ def test_never_writes_into_a_foreign_folder(tmp_path):
 
 
 def test_stage_not_built_exits_3(tmp_path, monkeypatch):
-    monkeypatch.setitem(stage_registry.ENTRY_POINTS, Stage.RENDER, "destruct.not_a_module:run_render")
+    monkeypatch.setitem(
+        stage_registry.ENTRY_POINTS, Stage.RENDER, "destruct.not_a_module:run_render"
+    )
     with pytest.raises(StageNotBuilt, match="'render' is not built yet"):
         run(small(), tmp_path)
     m = json.loads((tmp_path / "manifest.json").read_text())

@@ -37,12 +37,21 @@ def test_rubble_motion_matches_its_projected_movement(tmp_path):
 
     pieces = box_pieces([[30.0, 0.5, -30.0]], [[1.0, 1.0, 1.0]])  # one piece, out of view
     p0, p1 = np.array([0.0, 1.0, 0.0]), np.array([0.12, 1.05, 0.03])
-    frames = {1: sim_frame(1, pieces["com"], rubble=_rubble(p0, 0.0)),
-              2: sim_frame(2, pieces["com"], rubble=_rubble(p1, 12.0))}
+    frames = {
+        1: sim_frame(1, pieces["com"], rubble=_rubble(p0, 0.0)),
+        2: sim_frame(2, pieces["com"], rubble=_rubble(p1, 12.0)),
+    }
     write_run(tmp_path, pieces, frames)
-    shot = shot_from_dict({"shot": {"name": "rb", "frames": 2, "start_frame": 1},
-                           "camera": {"position": [0.0, 1.2, 4.0], "look_at": [0.0, 1.0, 0.0],
-                                      "resolution": [96, 64]}})
+    shot = shot_from_dict(
+        {
+            "shot": {"name": "rb", "frames": 2, "start_frame": 1},
+            "camera": {
+                "position": [0.0, 1.2, 4.0],
+                "look_at": [0.0, 1.0, 0.0],
+                "resolution": [96, 64],
+            },
+        }
+    )
     run_render(StageContext(shot=shot, run=RunDir(tmp_path), stage=Stage.RENDER, frames=[1, 2]))
 
     d = read_exr(tmp_path / "passes" / "rb.0001.exr")

@@ -39,21 +39,35 @@ def problems(tree: ast.AST) -> list[str]:
         if isinstance(node, ast.Call):
             name = _dotted(node.func)
             line = getattr(node, "lineno", 0)
-            if name.endswith(".load") and name.split(".")[0] in ("np", "numpy") and _is_true(_kw(node, "allow_pickle")):
+            if (
+                name.endswith(".load")
+                and name.split(".")[0] in ("np", "numpy")
+                and _is_true(_kw(node, "allow_pickle"))
+            ):
                 out.append(f"{line}: np.load(allow_pickle=True)")
             if name in ("torch.load",) and not _is_true(_kw(node, "weights_only")):
                 out.append(f"{line}: torch.load without weights_only=True")
-            if name.split(".")[0] in ("pickle", "cPickle", "dill", "joblib") and name.split(".")[-1] in ("load", "loads", "dump", "dumps"):
+            if name.split(".")[0] in ("pickle", "cPickle", "dill", "joblib") and name.split(".")[
+                -1
+            ] in ("load", "loads", "dump", "dumps"):
                 out.append(f"{line}: {name}")
             if name in ("eval", "exec", "builtins.eval", "builtins.exec"):
                 out.append(f"{line}: {name}()")
-        if isinstance(node, ast.keyword) and node.arg == "trust_remote_code" and not (
-            isinstance(node.value, ast.Constant) and node.value.value is False
+        if (
+            isinstance(node, ast.keyword)
+            and node.arg == "trust_remote_code"
+            and not (isinstance(node.value, ast.Constant) and node.value.value is False)
         ):
             out.append(f"{getattr(node.value, 'lineno', 0)}: trust_remote_code set")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            if any(m.split(".")[0] in ("pickle", "cPickle", "dill", "shelve", "marshal") for m in mods):
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            if any(
+                m.split(".")[0] in ("pickle", "cPickle", "dill", "shelve", "marshal") for m in mods
+            ):
                 out.append(f"{node.lineno}: imports {', '.join(mods)}")
     return sorted(set(out))
 
@@ -65,7 +79,9 @@ def test_the_checker_catches_each_pattern():
     )
     found = problems(ast.parse(bad))
     assert len(found) == 7, found
-    ok = "import numpy as np\nnp.load('a', allow_pickle=False)\ntorch.load('w', weights_only=True)\n"
+    ok = (
+        "import numpy as np\nnp.load('a', allow_pickle=False)\ntorch.load('w', weights_only=True)\n"
+    )
     assert problems(ast.parse(ok)) == []
 
 

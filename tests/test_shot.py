@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import run_cli
 
 import destruct
 from destruct.errors import UserError
 from destruct.shot import shot_from_dict
-
-from conftest import run_cli
 
 
 def test_defaults_fill_every_section():
@@ -26,7 +25,9 @@ def test_default_shot_is_valid_and_as_briefed():
     s = destruct.load_shot(destruct.default_shot_path())
     assert s.shot.frames == 120 and s.shot.fps == 24
     assert s.building.procedural.floors == 6 and 600 <= s.fracture.pieces <= 1000
-    assert len(s.charges) == 2 and all(c.position[1] < s.building.procedural.story for c in s.charges)
+    assert len(s.charges) == 2 and all(
+        c.position[1] < s.building.procedural.story for c in s.charges
+    )
     assert s.refine.enabled
 
 
@@ -35,16 +36,34 @@ def test_default_shot_is_valid_and_as_briefed():
     [
         ({"shot": {"frames": 10, "bogus": 1}}, "unknown key 'bogus' in [shot]; allowed: name, fps"),
         ({"shot": {"frames": -5}}, "shot.frames = -5"),
-        ({"fracture": {"pieces": "many"}}, "fracture.pieces = 'many': input should be a valid integer"),
+        (
+            {"fracture": {"pieces": "many"}},
+            "fracture.pieces = 'many': input should be a valid integer",
+        ),
         ({"fracture": {"pieces": "800"}}, "fracture.pieces = '800'"),
-        ({"sim": {"gravity": [0, float("nan"), 0]}}, "sim.gravity[1] = nan: input should be a finite number"),
+        (
+            {"sim": {"gravity": [0, float("nan"), 0]}},
+            "sim.gravity[1] = nan: input should be a finite number",
+        ),
         ({"camera": {"resolution": [1281, 720]}}, "multiple of 8"),
-        ({"camera": {"position": [1, 2, 3], "look_at": [1, 2, 3]}}, "must differ from its position"),
-        ({"charges": [{"time": 99, "position": [0, 0, 0], "radius": 1, "impulse": 10}]}, "charges[0].time = 99"),
+        (
+            {"camera": {"position": [1, 2, 3], "look_at": [1, 2, 3]}},
+            "must differ from its position",
+        ),
+        (
+            {"charges": [{"time": 99, "position": [0, 0, 0], "radius": 1, "impulse": 10}]},
+            "charges[0].time = 99",
+        ),
         ({"render": {"passes": ["beauty", "xray"]}}, "render.passes[1] = 'xray'"),
-        ({"building": {"material": "cheese"}}, "building.material = 'cheese' is not a known material"),
+        (
+            {"building": {"material": "cheese"}},
+            "building.material = 'cheese' is not a known material",
+        ),
         ({"regions": [{"min": [0, 0, 0], "max": [1, -1, 1], "weaken": 0.5}]}, "must be below max"),
-        ({"refine": {"temporal": {"window": 4, "overlap": 4}}}, "overlap (4) must be below window (4)"),
+        (
+            {"refine": {"temporal": {"window": 4, "overlap": 4}}},
+            "overlap (4) must be below window (4)",
+        ),
         ({"materials": {"jelly": {"density": 1000.0}}}, "give it a base preset"),
         ({"sim": {"backend": "metal"}}, "sim.backend = 'metal'"),
     ],
@@ -65,7 +84,11 @@ def test_mesh_path_resolves_against_shot_folder(tmp_path, write_shot):
 
 @pytest.mark.parametrize(
     "mesh, needle",
-    [("missing.glb", "no such file"), ("geo", "is a folder"), ("geo/tower.txt", "unsupported type")],
+    [
+        ("missing.glb", "no such file"),
+        ("geo", "is a folder"),
+        ("geo/tower.txt", "unsupported type"),
+    ],
 )
 def test_bad_mesh_paths(tmp_path, write_shot, mesh, needle):
     (tmp_path / "geo").mkdir()

@@ -25,41 +25,55 @@ def write_boxes(run, centres, half, bonds=(), tensile=2e6):
 
     n = len(centres)
     hx, hy, hz = half
-    corners = np.array([[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    corners = np.array(
+        [[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
     mesh = trimesh.creation.box(extents=2 * np.asarray(half))
     vol = 8 * hx * hy * hz
     m = DENSITY * vol
     inertia = np.diag([m / 3 * (hy**2 + hz**2), m / 3 * (hx**2 + hz**2), m / 3 * (hx**2 + hy**2)])
     nv, nf = len(mesh.vertices), len(mesh.faces)
     save_npz(
-        run / "fracture" / "pieces.npz", "destruct.pieces/1",
+        run / "fracture" / "pieces.npz",
+        "destruct.pieces/1",
         names=np.array([f"part_00.piece_{i:04d}" for i in range(n)]),
-        element=np.array(["part_00"] * n), kind=np.array(["part"] * n),
-        material=np.zeros(n, np.int32), material_names=np.array(["concrete"]),
-        volume=np.full(n, vol), mass=np.full(n, m), com=np.asarray(centres, np.float64),
+        element=np.array(["part_00"] * n),
+        kind=np.array(["part"] * n),
+        material=np.zeros(n, np.int32),
+        material_names=np.array(["concrete"]),
+        volume=np.full(n, vol),
+        mass=np.full(n, m),
+        com=np.asarray(centres, np.float64),
         inertia=np.repeat(inertia[None], n, 0),
         vert_offset=np.arange(n + 1, dtype=np.int64) * nv,
         vertices=np.tile(np.asarray(mesh.vertices, np.float32), (n, 1)),
         face_offset=np.arange(n + 1, dtype=np.int64) * nf,
         faces=np.tile(np.asarray(mesh.faces, np.int32), (n, 1)),
-        face_interior=np.zeros(n * nf, bool), hull_piece=np.arange(n, dtype=np.int32),
+        face_interior=np.zeros(n * nf, bool),
+        hull_piece=np.arange(n, dtype=np.int32),
         hull_offset=np.arange(n + 1, dtype=np.int64) * 8,
-        hull_vertices=np.tile(corners.astype(np.float32), (n, 1)), origin=np.zeros(3),
+        hull_vertices=np.tile(corners.astype(np.float32), (n, 1)),
+        origin=np.zeros(3),
     )
     k = len(bonds)
     save_npz(
-        run / "fracture" / "bonds.npz", "destruct.bonds/1",
+        run / "fracture" / "bonds.npz",
+        "destruct.bonds/1",
         pairs=np.array([[b[0], b[1]] for b in bonds], np.int32).reshape(k, 2),
         points=np.array([b[2] for b in bonds], np.float64).reshape(k, 3),
         normals=np.array([b[3] for b in bonds], np.float64).reshape(k, 3),
         areas=np.array([b[4] for b in bonds], np.float64).reshape(k),
-        tensile=np.full(k, tensile), shear=np.full(k, 2 * tensile), compressive=np.full(k, 20 * tensile),
+        tensile=np.full(k, tensile),
+        shear=np.full(k, 2 * tensile),
+        compressive=np.full(k, 20 * tensile),
     )
 
 
 def make_ctx(run, frames=12, force=False, **sections):
-    data = {"shot": {"name": "t", "frames": frames, "fps": 24.0, "start_frame": 1001},
-            "debris": {"enabled": False}}
+    data = {
+        "shot": {"name": "t", "frames": frames, "fps": 24.0, "start_frame": 1001},
+        "debris": {"enabled": False},
+    }
     data.setdefault("sim", {}).update({"backend": "cpu", "preroll": 0.0, "checkpoint_every": 4})
     for key, value in sections.items():
         if isinstance(value, dict):
@@ -67,8 +81,14 @@ def make_ctx(run, frames=12, force=False, **sections):
         else:
             data[key] = value
     shot = shot_from_dict(data)
-    return StageContext(shot=shot, run=RunDir(run), stage=Stage.SIMULATE,
-                        frames=list(range(1001, 1001 + frames)), force=force, quiet=True)
+    return StageContext(
+        shot=shot,
+        run=RunDir(run),
+        stage=Stage.SIMULATE,
+        frames=list(range(1001, 1001 + frames)),
+        force=force,
+        quiet=True,
+    )
 
 
 def frame(run, f):
@@ -113,7 +133,9 @@ def test_glued_row_stands_and_a_charge_breaks_only_inside_its_radius(tmp_path):
     speed = np.linalg.norm(at["velocity"], axis=1)
     assert speed[0] > 0.5 and speed[4] < 1e-3  # outside the radius: still glued, at rest
     breaks = load_npz(tmp_path / "sim" / "breaks.npz", "destruct.breaks/1")
-    assert set(breaks["bond"][breaks["frame"] == 1004].tolist()) == set(np.flatnonzero(inside).tolist())
+    assert set(breaks["bond"][breaks["frame"] == 1004].tolist()) == set(
+        np.flatnonzero(inside).tolist()
+    )
     assert figures["bonds_broken"] >= int(inside.sum())
 
 
@@ -129,16 +151,24 @@ def test_region_weakened_to_nothing_breaks_its_bonds_at_start(tmp_path):
 
 def test_impactor_sweeps_a_loose_block_away(tmp_path):
     write_boxes(tmp_path, [(0.0, 0.5, 0.0)], (0.5, 0.5, 0.5))
-    ball = {"radius": 0.6, "mass": 5000.0,
-            "keys": [{"time": 0.0, "position": [-3.0, 0.7, 0.0]}, {"time": 0.5, "position": [3.0, 0.7, 0.0]}]}
+    ball = {
+        "radius": 0.6,
+        "mass": 5000.0,
+        "keys": [
+            {"time": 0.0, "position": [-3.0, 0.7, 0.0]},
+            {"time": 0.5, "position": [3.0, 0.7, 0.0]},
+        ],
+    }
     run_simulate(make_ctx(tmp_path, frames=18, impactors=[ball]))
     x = frame(tmp_path, 1018)["position"][0]
     assert x[0] > 1.0  # pushed along the ball's path
 
 
 def _arrays(run, names):
-    return {n: load_npz(run / "sim" / n, "destruct.breaks/1" if n == "breaks.npz" else "destruct.sim/1")
-            for n in names}
+    return {
+        n: load_npz(run / "sim" / n, "destruct.breaks/1" if n == "breaks.npz" else "destruct.sim/1")
+        for n in names
+    }
 
 
 def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
@@ -183,8 +213,13 @@ def _default_run(default_fracture, tmp_path, frames, charges):
     data["sim"]["backend"] = "cpu"
     if not charges:
         data["charges"] = []
-    ctx = StageContext(shot=shot_from_dict(data), run=RunDir(tmp_path), stage=Stage.SIMULATE,
-                       frames=list(range(1001, 1001 + frames)), quiet=True)
+    ctx = StageContext(
+        shot=shot_from_dict(data),
+        run=RunDir(tmp_path),
+        stage=Stage.SIMULATE,
+        frames=list(range(1001, 1001 + frames)),
+        quiet=True,
+    )
     return run_simulate(ctx)
 
 

@@ -35,8 +35,10 @@ def grey_render(ctx):
     """A stand-in render: each frame's beauty is a flat grey set by the variant's piece count."""
     for f in ctx.frames_todo():
         w, h = ctx.shot.camera.resolution
-        save_png(ctx.path("passes", "beauty", f"{ctx.shot.shot.name}.{f:04d}.png"),
-                 np.full((h, w, 3), ctx.shot.fracture.pieces, np.uint8))
+        save_png(
+            ctx.path("passes", "beauty", f"{ctx.shot.shot.name}.{f:04d}.png"),
+            np.full((h, w, 3), ctx.shot.fracture.pieces, np.uint8),
+        )
         ctx.frame_done(f)
     return {"pieces": ctx.shot.fracture.pieces}
 
@@ -55,8 +57,14 @@ def shot_file(tmp_path, monkeypatch):
 def test_parse_set_values():
     assert parse_set("fracture.pieces=400,800") == ("fracture.pieces", [400, 800])
     assert parse_set("charges.0.impulse=1e4,2e4") == ("charges.0.impulse", [1e4, 2e4])
-    assert parse_set("camera.position=[1,2,3],[4,5,6]") == ("camera.position", [[1, 2, 3], [4, 5, 6]])
-    assert parse_set("building.material=brick,concrete") == ("building.material", ["brick", "concrete"])
+    assert parse_set("camera.position=[1,2,3],[4,5,6]") == (
+        "camera.position",
+        [[1, 2, 3], [4, 5, 6]],
+    )
+    assert parse_set("building.material=brick,concrete") == (
+        "building.material",
+        ["brick", "concrete"],
+    )
     with pytest.raises(UserError, match="use key=v1,v2"):
         parse_set("fracture.pieces")
 
@@ -64,7 +72,10 @@ def test_parse_set_values():
 def test_variants_are_the_cartesian_product(shot_file):
     vs = variants(shot_file, ["fracture.pieces=20,40", "charges.0.impulse=1e2,2e2,3e2"])
     assert len(vs) == 6 and len({v.name for v in vs}) == 6
-    assert [(v.shot.fracture.pieces, v.shot.charges[0].impulse) for v in vs][:2] == [(20, 100.0), (20, 200.0)]
+    assert [(v.shot.fracture.pieces, v.shot.charges[0].impulse) for v in vs][:2] == [
+        (20, 100.0),
+        (20, 200.0),
+    ]
     with pytest.raises(UserError, match="index '3' is not one of them"):
         variants(shot_file, ["charges.3.impulse=1,2"])
     with pytest.raises(UserError, match="fracture.pieces = -1"):
@@ -73,9 +84,17 @@ def test_variants_are_the_cartesian_product(shot_file):
 
 def test_two_variant_wedge_writes_runs_sheet_and_index(shot_file, tmp_path):
     out = tmp_path / "wedge"
-    index = run_wedge(shot_file, ["fracture.pieces=20,40"], out=out, stages="prepare,simulate,render",
-                      log=lambda m: None)
-    assert [v["values"] for v in index["variants"]] == [{"fracture.pieces": 20}, {"fracture.pieces": 40}]
+    index = run_wedge(
+        shot_file,
+        ["fracture.pieces=20,40"],
+        out=out,
+        stages="prepare,simulate,render",
+        log=lambda m: None,
+    )
+    assert [v["values"] for v in index["variants"]] == [
+        {"fracture.pieces": 20},
+        {"fracture.pieces": 40},
+    ]
     for v in index["variants"]:
         m = json.loads((out / v["name"] / "manifest.json").read_text())
         assert m["stages"]["render"]["status"] == "done"

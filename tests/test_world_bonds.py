@@ -17,7 +17,9 @@ STRONG = 1e12  # Pa: a limit that never governs
 
 
 def cube(h: float = 0.5) -> np.ndarray:
-    return np.array([[sx * h, sy * h, sz * h] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    return np.array(
+        [[sx * h, sy * h, sz * h] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
 
 
 def broken_after(w: World, seconds: float = 1.0) -> bool:
@@ -33,8 +35,16 @@ def hanging(load_over_capacity: float) -> World:
     low = w.add_body(cube(), density=1000.0, position=(0, 1, 0))
     weight = 1000.0 * G
     tensile = weight / load_over_capacity / AREA
-    w.add_bond(low, top, point=(0, 1.5, 0), normal=(0, 1, 0), area=AREA, tensile=tensile,
-               shear=STRONG, compressive=STRONG)
+    w.add_bond(
+        low,
+        top,
+        point=(0, 1.5, 0),
+        normal=(0, 1, 0),
+        area=AREA,
+        tensile=tensile,
+        shear=STRONG,
+        compressive=STRONG,
+    )
     return w
 
 
@@ -55,8 +65,16 @@ def side_glued(load_over_capacity: float) -> World:
     wall = w.add_body(cube(), position=(0, 1, 0), fixed=True)
     side = w.add_body(cube(), density=1000.0, position=(1, 1, 0))
     shear = 1000.0 * G / load_over_capacity / AREA
-    w.add_bond(side, wall, point=(0.5, 1, 0), normal=(-1, 0, 0), area=AREA, tensile=STRONG,
-               shear=shear, compressive=STRONG)
+    w.add_bond(
+        side,
+        wall,
+        point=(0.5, 1, 0),
+        normal=(-1, 0, 0),
+        area=AREA,
+        tensile=STRONG,
+        shear=shear,
+        compressive=STRONG,
+    )
     return w
 
 
@@ -74,8 +92,16 @@ def pressed(load_over_capacity: float) -> World:
     base = w.add_body(cube(), position=(0, 0, 0), fixed=True)
     top = w.add_body(cube(), density=1000.0, position=(0, 1, 0))
     compressive = 1000.0 * G / load_over_capacity / AREA
-    w.add_bond(top, base, point=(0, 0.5, 0), normal=(0, -1, 0), area=AREA, tensile=1.0,
-               shear=STRONG, compressive=compressive)
+    w.add_bond(
+        top,
+        base,
+        point=(0, 0.5, 0),
+        normal=(0, -1, 0),
+        area=AREA,
+        tensile=1.0,
+        shear=STRONG,
+        compressive=compressive,
+    )
     return w
 
 
@@ -94,13 +120,23 @@ def test_overloaded_cantilever_breaks_first_at_its_root():
     sudden load overshoots the static one by ~15 %)."""
     w = World(ground=False, backend="cpu")
     wall = w.add_body(cube(), position=(0, 5, 0), fixed=True)
-    seg = np.array([[sx * 0.5, sy * 0.25, sz * 0.25] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    seg = np.array(
+        [[sx * 0.5, sy * 0.25, sz * 0.25] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
     prev = wall
     n = 6
     for k in range(n):
         b = w.add_body(seg, density=2400.0, position=(1.0 + k, 5, 0))
-        w.add_bond(b, prev, point=(0.5 + k, 5, 0), normal=(-1, 0, 0), area=0.25, tensile=4.43e6,
-                   shear=1e6, compressive=1e7)
+        w.add_bond(
+            b,
+            prev,
+            point=(0.5 + k, 5, 0),
+            normal=(-1, 0, 0),
+            area=0.25,
+            tensile=4.43e6,
+            shear=1e6,
+            compressive=1e7,
+        )
         prev = b
     first: np.ndarray | None = None
     for _ in range(48):

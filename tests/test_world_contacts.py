@@ -18,7 +18,9 @@ G = 9.81
 
 def box(hx: float, hy: float, hz: float) -> np.ndarray:
     """(8, 3) corners of a box with half extents hx, hy, hz."""
-    return np.array([[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    return np.array(
+        [[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
 
 
 def run(w: World, seconds: float, substeps: int = 8) -> None:
@@ -108,8 +110,9 @@ def test_pyramid_of_ten_rows_stands_and_sleeps():
     w = World(backend="cpu")
     for row in range(10):
         for k in range(10 - row):
-            w.add_body(box(0.5, 0.5, 0.5), density=500.0,
-                       position=(1.02 * (k + 0.5 * row), 0.5 + row, 0))
+            w.add_body(
+                box(0.5, 0.5, 0.5), density=500.0, position=(1.02 * (k + 0.5 * row), 0.5 + row, 0)
+            )
     x0 = w.positions()
     peak, final = _settle(w, 10.0)
     assert np.abs(w.positions() - x0).max() < 0.01
@@ -119,10 +122,12 @@ def test_pyramid_of_ten_rows_stands_and_sleeps():
 
 def test_head_on_collision_conserves_momentum():
     w = World(gravity=(0, 0, 0), ground=False, backend="cpu")
-    a = w.add_body(box(0.5, 0.5, 0.5), density=1000.0, position=(-2, 0, 0), velocity=(3, 0, 0),
-                   restitution=0.5)
-    b = w.add_body(box(0.4, 0.4, 0.4), density=2000.0, position=(2, 0, 0), velocity=(-2, 0, 0),
-                   restitution=0.5)
+    a = w.add_body(
+        box(0.5, 0.5, 0.5), density=1000.0, position=(-2, 0, 0), velocity=(3, 0, 0), restitution=0.5
+    )
+    b = w.add_body(
+        box(0.4, 0.4, 0.4), density=2000.0, position=(2, 0, 0), velocity=(-2, 0, 0), restitution=0.5
+    )
     m = w.masses()
     p0 = m[a] * 3.0 - m[b] * 2.0
     run(w, 2.0)
@@ -137,8 +142,12 @@ def _pile(seed: int) -> World:
     rng = np.random.default_rng(seed)
     w = World(backend="cpu")
     for k in range(12):
-        w.add_body(box(0.3, 0.2, 0.25), density=800.0, position=(rng.uniform(-0.4, 0.4), 0.3 + 0.5 * k,
-                   rng.uniform(-0.4, 0.4)), angular_velocity=rng.normal(0, 1, 3))
+        w.add_body(
+            box(0.3, 0.2, 0.25),
+            density=800.0,
+            position=(rng.uniform(-0.4, 0.4), 0.3 + 0.5 * k, rng.uniform(-0.4, 0.4)),
+            angular_velocity=rng.normal(0, 1, 3),
+        )
     return w
 
 
