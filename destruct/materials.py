@@ -12,7 +12,7 @@ restitution is a low, perceptual value for rubble (building materials bounce ver
 
 ``ade20k`` is the 0-based index into the 150 classes of the MIT Scene Parsing benchmark
 (ADE20K SceneParse150, ``objectInfo150.csv``), used by the seg pass and the seg ControlNet:
-0 wall, 1 building, 8 windowpane, 32 fence, 42 column/pillar, 93 pole. The 150 classes have no
+0 wall, 1 building, 8 windowpane, 32 fence, 93 pole. The 150 classes have no
 "wood" or "metal"; the nearest object classes that the seg ControlNet draws in those materials
 are used (a fence is mostly timber; a pole is mostly steel).
 
@@ -89,7 +89,7 @@ PRESETS: dict[str, Material] = {
         tensile=2.9e6 + 0.01 * 500e6,
         shear=_cohesion(30e6, 2.9e6 + 0.01 * 500e6),  # about 7.7 MPa
         compressive=30e6,  # [EN1992]
-        ade20k=42,  # column, pillar
+        ade20k=1,  # building: ADE20K labels a building's frame "building", not "column"
         color=(0.26, 0.26, 0.25),
         interior_color=(0.38, 0.36, 0.33),
     ),

@@ -372,9 +372,12 @@ def _max_key_speed(imp: Any) -> float:
 def _preroll(w, shot, fr, substeps, impactor_ids) -> int:
     """Settle for sim.preroll seconds before the first frame, then put everything to sleep.
 
-    Bonds hold during the pre-roll (switching gravity on is a shock no real building sees) but
-    their stresses are measured; returns how many ended above their strength. No charges,
-    regions or debris. Sleeping, the settled building stands exactly still until disturbed.
+    The settle is quasi-static: every frame steps under gravity, then stops all motion, so the
+    structure sags into its loaded rest without the ringing of gravity switched on at once (a
+    shock no real building sees). Bonds hold meanwhile, but the stresses of the last frame (a
+    step from rest: the static loads) are measured; returns how many are above their strength.
+    No charges, regions or debris. Asleep, the settled building stands exactly still until
+    disturbed.
     """
     n = int(np.ceil(float(shot.sim.preroll) / fr.dt - 1e-9))
     if n == 0:
@@ -386,6 +389,7 @@ def _preroll(w, shot, fr, substeps, impactor_ids) -> int:
             p, _ = impactor_motion(imp.keys, max(t0, 0.0), max(t0, 0.0) + fr.dt)
             w.set_kinematic(body, p, (0.0, 0.0, 0.0))
         w.step(fr.dt, substeps)
+        w.stop()
     w.breakable = True
     overloaded = int((w.bond_stress_ratio() >= 1.0).sum())
     w.sleep_all()

@@ -677,6 +677,12 @@ class World:
                 self._bf[i, 10:13] += iinv @ np.cross(points[k] - self._bf[i, 0:3], j)
         self.wake(bodies)
 
+    def stop(self) -> None:
+        """Zero every dynamic body's velocity, keeping poses and bond loads (a quasi-static
+        settle steps, then stops, so the structure sags into its loaded rest without ringing)."""
+        self._edit()
+        self._bf[self._bi[:, 0] == 0, 7:13] = 0.0
+
     def sleep_all(self) -> None:
         """Put every dynamic body to sleep at rest (and forget the bonds' last stresses).
 

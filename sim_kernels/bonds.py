@@ -102,10 +102,13 @@ def bond_position_row(bf: ti.template(), bdf: ti.template(), bdi: ti.template(),
 
 @ti.func
 def bond_velocity_row(
-    bf: ti.template(), bi: ti.template(), bdf: ti.template(), bdi: ti.template(), k, r
+    bf: ti.template(), bi: ti.template(), bdf: ti.template(), bdi: ti.template(), k, r, h
 ):
-    """A rigid bond leaves no relative velocity: row 0 removes the relative point velocity,
-    row 1 the relative spin. Returns (valid, impulse on A, offset on A, offset on B, angular).
+    """Damp the bond's relative motion: row 0 the relative point velocity, row 1 the relative
+    spin. The impulse has the compliance of the position rows (dv / (w + alpha / h^2)), so a
+    stiff bond takes out nearly all of it and a sliver of glue only its stiffness share: a
+    rigid velocity row would hand a whole piece's momentum to whichever bond the sweep meets
+    first. Returns (valid, impulse on A, offset on A, offset on B, angular).
     """
     a = bdi[k, A]
     b = bdi[k, B]
@@ -127,8 +130,11 @@ def bond_velocity_row(
         n = dv / s
         w = w_pair(bf, bi, a, b, ra, rb, n, r)
         if w > 0.0:
+            col = APOS
+            if r != 0:
+                col = AROT
             valid = 1
-            imp = s / w * n
+            imp = s / (w + bdf[k, col] / (h * h)) * n
     return valid, imp, ra, rb, r
 
 

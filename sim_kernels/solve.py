@@ -306,7 +306,7 @@ def substep(
                 if k < 0 and fric != 0 and _supporting(pairs, pn, idx, g) != 0:
                     angular = 2
             else:
-                valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r)
+                valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r, h)
             if valid != 0:
                 apply_pair(bf, bi, a, b, ra, rb, imp, angular, 1)
                 if kind == CONTACT:

@@ -232,6 +232,35 @@ def test_default_building_stands_without_charges(default_fracture, tmp_path):
 
 
 @pytest.mark.slow
+def test_default_building_stands_awake_on_its_own_bonds(default_fracture):
+    """Not only asleep: woken after the pre-roll with every bond breakable, the default building
+    carries itself for 2 s. A few bonds at stress concentrations (sliver faces, slab corners
+    over columns) may go; the structure does not."""
+    from destruct.simulate import (
+        BONDS_FORMAT,
+        PIECES_FORMAT,
+        _Frames,
+        _materials,
+        _preroll,
+        build_world,
+    )
+
+    shot, folder = default_fracture
+    pieces = load_npz(folder / "fracture" / "pieces.npz", PIECES_FORMAT)
+    bonds = load_npz(folder / "fracture" / "bonds.npz", BONDS_FORMAT)
+    w, impactors = build_world(pieces, bonds, _materials(pieces, shot), backend="cpu")
+    fr = _Frames(shot)
+    overloaded = _preroll(w, shot, fr, shot.sim.substeps, impactors)
+    assert overloaded <= 0.02 * w.num_bonds
+    start = w.positions()
+    w.wake(np.arange(w.num_bodies))
+    for _ in range(48):
+        w.step(fr.dt, shot.sim.substeps)
+    assert w.bond_broken().sum() <= 0.02 * w.num_bonds
+    assert np.linalg.norm(w.positions() - start, axis=1).max() < 0.02
+
+
+@pytest.mark.slow
 def test_default_building_collapses_when_the_charges_fire(default_fracture, tmp_path):
     _default_run(default_fracture, tmp_path, 121, charges=True)  # 5 s
     y0 = frame(tmp_path, 1001)["position"][:, 1]

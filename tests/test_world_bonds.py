@@ -59,6 +59,21 @@ def test_tension_holds_below_and_breaks_above_tensile_times_area(ratio, breaks):
         assert w.positions()[1, 1] < 0.5  # and falls once broken
 
 
+def test_parallel_bonds_share_a_load_by_stiffness_a_sliver_included():
+    """A hanging cube held by a full bond and a sliver 1000x smaller at the same point: each
+    takes its stiffness share (E A / L), so both see the same tensile stress. A rigid
+    velocity pass would hand the sliver whatever it met first, far beyond its strength."""
+    w = World(ground=False, backend="cpu")
+    top = w.add_body(cube(), position=(0, 2, 0), fixed=True)
+    low = w.add_body(cube(), density=1000.0, position=(0, 1, 0))
+    tensile = 1000.0 * G / 0.9 / (AREA * 1.001)  # the pair loaded to 0.9 of its strength
+    for area in (AREA, AREA / 1000):
+        w.add_bond(low, top, point=(0, 1.5, 0), normal=(0, 1, 0), area=area, tensile=tensile,
+                   shear=STRONG, compressive=STRONG, modulus=30e9)  # fmt: skip
+    assert not broken_after(w)
+    assert np.allclose(w.bond_stress_ratio(), 0.9, atol=0.02)
+
+
 def side_glued(load_over_capacity: float) -> World:
     """A cube glued to the side of a fixed cube: its weight loads the bond in shear."""
     w = World(ground=False, backend="cpu")
