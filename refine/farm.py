@@ -26,8 +26,10 @@ RETRIES = 3
 class FarmWorker(WindowRefiner):
     """A :class:`WindowRefiner` as a Ray actor.
 
-    ``crash_once`` is fault injection for tests: a file holding a window index; the worker that
-    picks that window deletes the file and kills its own process, once.
+    ``crash_once`` is fault injection, for tests only: a file holding a window index. The worker
+    that refines that window kills its own process mid-window, once the window's first frame is
+    refined and before the second one starts (so its window cache is never written), after
+    overwriting the file with ``killed after 1 frame of window <index>`` so the retry runs on.
     """
 
     def __init__(
@@ -39,12 +41,29 @@ class FarmWorker(WindowRefiner):
     def refine(self, index: int) -> str:
         marker = Path(self.crash_once) if self.crash_once else None
         if marker is not None and marker.is_file() and marker.read_text().strip() == str(index):
-            marker.unlink()
-            os._exit(1)
+            self.rp = _DieAfterOneFrame(self.rp, marker, index)
         return super().refine(index)
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class _DieAfterOneFrame:
+    """Test hook of :class:`FarmWorker` (``crash_once``): the window's refine pipeline, which
+    refines the first frame and kills the process when asked for the second."""
+
+    def __init__(self, rp: Any, marker: Path, index: int):
+        self._rp, self._marker, self._index, self._calls = rp, marker, index, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rp, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._calls += 1
+        if self._calls > 1:
+            self._marker.write_text(f"killed after 1 frame of window {self._index}")
+            os._exit(1)
+        return self._rp(*args, **kwargs)
 
 
 def plan(ray: Any, actors: int | None, cpus_per_actor: float) -> tuple[int, dict[str, float]]:

@@ -4,6 +4,7 @@ a worker killed mid-window is retried, and a wedge runs its variants as Ray task
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -11,8 +12,16 @@ pytest.importorskip("diffusers")
 
 from test_refine_stage import FIRST, N, _ctx, _refine_table, _write_passes, models  # noqa: F401
 
+from destruct import stages as stage_registry
+from destruct.cli import main
+from destruct.errors import UserError
+from destruct.io import TMP_PREFIX
+from destruct.raycluster import connect
+from destruct.stages import Stage
 from refine import stage as refine_stage
 from refine.farm import plan, refine_windows
+
+NO_RAY = "Ray is not installed: pip install 'destruct[farm]'"
 
 
 def _frames(ctx):
@@ -55,11 +64,41 @@ def test_two_window_farm_equals_sequential(models, sequential, ray_local, tmp_pa
 
 
 @pytest.mark.slow
-def test_killed_worker_window_is_retried(models, sequential, ray_local, tmp_path, monkeypatch):  # noqa: F811
+def test_worker_killed_mid_window_is_retried(models, sequential, ray_local, tmp_path, monkeypatch):  # noqa: F811
     marker = tmp_path / "crash_window"
     marker.write_text("1")
-    assert _farmed(models, tmp_path, ray_local, monkeypatch, crash_once=str(marker)) == sequential
-    assert not marker.exists()  # the worker did die on window 1, and the retry completed it
+    farmed = _farmed(models, tmp_path, ray_local, monkeypatch, crash_once=str(marker))
+    # the worker died on window 1 between its first and second frame (the hook rewrote the
+    # marker just before os._exit), and the retried window gives the sequential run's bytes
+    assert marker.read_text() == "killed after 1 frame of window 1"
+    assert farmed == sequential
+    assert list(tmp_path.rglob(f"{TMP_PREFIX}*")) == []  # no half-written file is left
+
+
+def test_missing_ray_is_a_user_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
+    with pytest.raises(UserError, match=r"^Ray is not installed: pip install 'destruct\[farm\]'"):
+        connect("auto")
+
+
+def test_cli_run_with_ray_but_no_ray_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    # stand-in upstream stages: the refine stage is reached with frames to do, and farms them
+    for stage, fn in (
+        (Stage.PREPARE, "fake_prepare"),
+        (Stage.SIMULATE, "fake_simulate"),
+        (Stage.RENDER, "fake_render"),
+        (Stage.REFINE, "fake_refine"),
+    ):
+        monkeypatch.setitem(stage_registry.ENTRY_POINTS, stage, f"test_pipeline:{fn}")
+    shot = tmp_path / "r.toml"
+    shot.write_text('[shot]\nname = "r"\nframes = 2\n[fracture]\npieces = 3\n')
+    code = main(["run", str(shot), "--out", str(tmp_path / "run"), "--quiet", "--ray", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {NO_RAY}"), err
+    refine = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["refine"]
+    assert refine["status"] == "failed" and refine["reason"].startswith(NO_RAY)
 
 
 def test_plan_uses_gpus_when_the_cluster_has_them():
@@ -121,3 +160,18 @@ def test_two_variant_wedge_on_ray(ray_local, tmp_path):
         assert m["stages"]["prepare"]["figures"]["pieces"] >= v["values"]["fracture.pieces"]
     assert (tmp_path / "w" / "contact_sheet.png").stat().st_size > 1000
     assert (tmp_path / "w" / "index.md").is_file()
+    on_disk = json.loads((tmp_path / "w" / "index.json").read_text())
+    assert on_disk == index and on_disk["format"] == "destruct.wedge/1"
+    assert (
+        on_disk["axes"] == ["fracture.pieces"] and on_disk["contact_sheet"] == "contact_sheet.png"
+    )
+    assert [(v["name"], v["run_dir"]) for v in on_disk["variants"]] == [
+        ("wr_w00", "wr_w00"),
+        ("wr_w01", "wr_w01"),
+    ]
+    for v in on_disk["variants"]:  # each variant's stages as its own run directory recorded them
+        m = json.loads((tmp_path / "w" / v["run_dir"] / "manifest.json").read_text())
+        assert {k: e["status"] for k, e in v["stages"].items()} == {
+            k: e["status"] for k, e in m["stages"].items()
+        }
+        assert v["stages"]["prepare"]["figures"] == m["stages"]["prepare"]["figures"]

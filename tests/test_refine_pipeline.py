@@ -44,14 +44,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_models")
-    spec = save_tiny_set(root)
+def _load_tiny_set(root, kinds=("depth", "normal")):
+    """The tiny SD 1.5 model with one tiny ControlNet per kind, through the real loading path."""
+    spec = save_tiny_set(root, kinds=kinds)
     specs = [
         ControlSpec(ControlKind(c["kind"]), c["model"], c["scale"]) for c in spec["controlnets"]
     ]
-    rp = load_pipeline(spec["model"], specs, device="cpu")
+    return load_pipeline(spec["model"], specs, device="cpu")
+
+
+def _cross_frame_owners(nets) -> set[str]:
+    """Which nets (``unet``, ``controlnet<i>``) hold a cross-frame attention processor."""
+    return {
+        p.name.split(".")[0]
+        for net in nets
+        for p in net.attn_processors.values()
+        if hasattr(p, "name")
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    rp = _load_tiny_set(tmp_path_factory.mktemp("tiny_models"))
     return rp, install_cross_frame(rp.pipe)
 
 
@@ -96,13 +110,8 @@ def test_cross_frame_attention_keeps_the_anchor_and_changes_the_others(tiny, fra
     for k in (1, 2):
         assert np.abs(xattn[k] - plain[k]).max() > 1e-4
     # it is installed in the UNet and in every ControlNet
-    names = {
-        p.name.split(".")[0]
-        for net in [rp.pipe.unet, *rp.pipe.controlnet.nets]
-        for p in net.attn_processors.values()
-        if hasattr(p, "name")
-    }
-    assert names == {"unet", "controlnet0", "controlnet1"}
+    owners = _cross_frame_owners([rp.pipe.unet, *rp.pipe.controlnet.nets])
+    assert owners == {"unet", "controlnet0", "controlnet1"}
 
 
 def test_latents_are_the_noised_encoding_of_the_beauty(tiny, frames, monkeypatch):
@@ -169,13 +178,7 @@ def test_sdxl_controlnet_union_family_loads_and_refines_with_the_temporal_method
         and type(rp.pipe).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
     )
     state = install_cross_frame(rp.pipe)
-    names = {
-        p.name.split(".")[0]
-        for net in (rp.pipe.unet, rp.pipe.controlnet)
-        for p in net.attn_processors.values()
-        if hasattr(p, "name")
-    }
-    assert names == {"unet", "controlnet0"}
+    assert _cross_frame_owners([rp.pipe.unet, rp.pipe.controlnet]) == {"unet", "controlnet0"}
     seen = {}
     real_call = type(rp.pipe).__call__
     monkeypatch.setattr(
@@ -192,3 +195,27 @@ def test_sdxl_controlnet_union_family_loads_and_refines_with_the_temporal_method
     assert np.abs(temporal[2] - plain[2]).max() > 1e-4
     for a, b in zip(temporal, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_three_controlnets_each_steer_the_frame_and_all_attend_across_frames(tmp_path):
+    """SD 1.5 with depth, normal and seg ControlNets at once: changing any one control image
+    changes the frame, and cross-frame attention is installed in the UNet and in all three nets."""
+    kinds = ("depth", "normal", "seg")
+    rp = _load_tiny_set(tmp_path, kinds)
+    assert [c.kind.value for c in rp.controls] == list(kinds) and len(rp.pipe.controlnet.nets) == 3
+    state = install_cross_frame(rp.pipe)
+    owners = _cross_frame_owners([rp.pipe.unet, *rp.pipe.controlnet.nets])
+    assert owners == {"unet", "controlnet0", "controlnet1", "controlnet2"}
+    frames = synthetic_frames(2, 64, kinds=kinds)
+    (base,) = refine_window(rp, frames[:1], SETTINGS, OFF, state)
+    for i in range(3):
+        controls = list(frames[0].controls)
+        controls[i] = 1.0 - controls[i]
+        changed = dataclasses.replace(frames[0], controls=controls)
+        (out,) = refine_window(rp, [changed], SETTINGS, OFF, state)
+        assert np.abs(out - base).max() > 1e-3, kinds[i]
+    # with all three nets attending to the anchor: the anchor is unchanged, the next frame is not
+    plain = refine_window(rp, frames, SETTINGS, OFF, state)
+    xattn = refine_window(rp, frames, SETTINGS, dataclasses.replace(OFF, cross_frame=True), state)
+    np.testing.assert_array_equal(xattn[0], plain[0])
+    assert np.abs(xattn[1] - plain[1]).max() > 1e-4

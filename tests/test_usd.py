@@ -222,6 +222,70 @@ def test_rubble_and_dust_per_frame(run):
         )
 
 
+def test_rubble_orientations_are_the_cache_quaternions(run):
+    """The cache stores wxyz; a USD quath is (real, imaginary): GetReal() is w and
+    GetImaginary() is (x, y, z). Half floats hold about 3 decimals."""
+    _, _, _, sims, stage = run
+    inst = UsdGeom.PointInstancer(stage.GetPrimAtPath("/World/Rubble"))
+    for k, d in enumerate(sims):
+        t = Usd.TimeCode(START + k)
+        quats = inst.GetOrientationsAttr().Get(t)
+        assert all(isinstance(q, Gf.Quath) for q in quats)
+        got = np.array([[q.GetReal(), *q.GetImaginary()] for q in quats], dtype=np.float64)
+        want = d["rubble_rotation"] / np.linalg.norm(d["rubble_rotation"], axis=1, keepdims=True)
+        want = np.where(want[:, :1] < 0, -want, want)  # q and -q are one rotation; w >= 0 kept
+        assert np.abs(want[:, 1:]).max() > 0.1  # real rotations, so a component swap would show
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        # the instancer's own transforms (row vectors: p' = p M) rotate as the cache says
+        xf = inst.ComputeInstanceTransformsAtTime(t, t)
+        for m, q, r in zip(xf, d["rubble_rotation"], d["rubble_radius"]):
+            np.testing.assert_allclose(np.array(m)[:3, :3] / r, quat_matrix(q).T, atol=2e-3)
+
+
+TINY_SHOT = {
+    "shot": {"name": "u", "frames": 3, "start_frame": 1},
+    "building": {
+        "procedural": {
+            "floors": 1,
+            "bays_x": 1,
+            "bays_z": 1,
+            "bay": 3.0,
+            "story": 3.0,
+            "windows": False,
+        }
+    },
+    "fracture": {"pieces": 8},
+    "sim": {"backend": "cpu", "threads": 1, "preroll": 0.0},
+    "output": {"usd": True},
+}
+
+
+@pytest.mark.slow  # a real prepare and simulate (about 6 s with the kernel compile)
+def test_pipeline_writes_usd_after_simulate_when_the_shot_asks(tmp_path):
+    """``[output] usd = true``: scene.usdc lands right after simulate, with one Mesh per
+    fractured piece and one time code per frame of the shot."""
+    from destruct.pipeline import run as run_pipeline
+    from destruct.shot import shot_from_dict
+
+    shot = shot_from_dict(TINY_SHOT)
+    result = run_pipeline(shot, tmp_path / "run", "prepare,simulate")
+    assert result.ran == ["prepare", "simulate"]
+    assert "usd_seconds" in result.manifest["stages"]["simulate"]["figures"]
+    stage = Usd.Stage.Open(str(tmp_path / "run" / "scene.usdc"))
+    names = [
+        str(n)
+        for n in load_npz(result.run_dir / "fracture" / "pieces.npz", "destruct.pieces/1")["names"]
+    ]
+    meshes = [p for p in stage.GetPrimAtPath("/World/Pieces").GetChildren() if p.IsA(UsdGeom.Mesh)]
+    assert len(meshes) == len(names) == result.manifest["stages"]["prepare"]["figures"]["pieces"]
+    assert [p.GetAttribute("destruct:name").Get() for p in meshes] == names
+    frames = shot.frame_numbers()
+    assert (stage.GetStartTimeCode(), stage.GetEndTimeCode()) == (frames[0], frames[-1]) == (1, 3)
+    for prim in meshes:
+        samples = prim.GetAttribute("xformOp:translate").GetTimeSamples()
+        assert samples == [float(f) for f in frames]
+
+
 def test_exported_camera(run):
     folder, out, _, _, stage = run
     from destruct.shot import load_shot
