@@ -225,13 +225,13 @@ class DebrisSystem:
         threads: int = 0,
         materials: Sequence[Material] | None = None,
     ) -> None:
+        from sim_kernels import backend as B
         from sim_kernels import debris as K
-        from sim_kernels.backend import init, ti
 
         if max_rubble < 0 or max_dust < 0:
             raise ValueError(f"max_rubble and max_dust must be >= 0, got {max_rubble}, {max_dust}")
-        self.arch = init(backend, threads)
-        self._K, self._ti = K, ti
+        self.arch = B.init(backend, threads)
+        self._K, self._B = K, B
         self.seed = int(seed)
         self._seed32 = (self.seed ^ (self.seed >> 32)) & 0xFFFFFFFF
         self.max_rubble, self.max_dust = int(max_rubble), int(max_dust)
@@ -243,9 +243,9 @@ class DebrisSystem:
         self._mat = self._upload(np.array([[m.friction, m.restitution] for m in mats]))
         self._spec = np.array([math.sqrt(m.tensile / m.density) for m in mats])
 
-        self._rf = self._zeros_f(self.max_rubble, K.NRF)
-        self._ri = self._zeros_i(self.max_rubble, K.NRI)
-        self._df = self._zeros_f(self.max_dust, K.NDF)
+        self._rf = B.ndarray_f(self.max_rubble, K.NRF)
+        self._ri = B.ndarray_i(self.max_rubble, K.NRI)
+        self._df = B.ndarray_f(self.max_dust, K.NDF)
         self._modes = self._upload(self._noise_modes(self.seed))
         self.time = 0.0  # [s], advanced by step(); emissions are dated on the same clock
         self._rubble_serial = 0  # rubble bits ever emitted
@@ -268,25 +268,9 @@ class DebrisSystem:
 
     # ---- allocation helpers ----
 
-    def _zeros_f(self, rows: int, cols: int):
-        from sim_kernels.backend import ndarray_f
-
-        return ndarray_f(rows, cols)
-
-    def _zeros_i(self, rows: int, cols: int):
-        from sim_kernels.backend import ndarray_i
-
-        return ndarray_i(rows, cols)
-
     def _upload(self, a: np.ndarray, dtype=np.float64):
-        """A Taichi ndarray holding ``a`` (at least one row)."""
-        ti = self._ti
-        a = np.ascontiguousarray(a, dtype=dtype)
-        if len(a) == 0:
-            a = np.zeros((1,) + a.shape[1:], dtype=dtype)
-        out = ti.ndarray(dtype=ti.f64 if dtype == np.float64 else ti.i32, shape=a.shape)
-        out.from_numpy(a)
-        return out
+        """A device ndarray holding ``a`` as ``dtype`` (float64 or int32; at least one row)."""
+        return self._B.upload(np.asarray(a, dtype=dtype))
 
     @staticmethod
     def _noise_modes(seed: int, per_component: int = 4) -> np.ndarray:
@@ -511,7 +495,7 @@ class DebrisSystem:
 
     def _build_grid(self) -> bool:
         """Counting-sort the hulls into the hashed grid for this step; False without colliders."""
-        K, ti = self._K, self._ti
+        K, B = self._K, self._B
         if self._hulls is None or self._hulls.count == 0:
             return False
         nh = self._hulls.count
@@ -520,20 +504,19 @@ class DebrisSystem:
         pp[:, K.PX1 : K.PX1 + 3], pp[:, K.PQ1 : K.PQ1 + 4] = self._pose1[:, :3], self._pose1[:, 3:]
         pp[:, K.PV : K.PV + 3], pp[:, K.PW : K.PW + 3] = self._vel[:, :3], self._vel[:, 3:]
         self._pp = self._upload(pp)
-        ncell = ti.ndarray(ti.i32, nh)
+        ncell = B.empty_i(nh)
         if getattr(self, "_hs", None) is None or self._hs.shape[0] != nh:
-            self._hs = ti.ndarray(ti.f64, (nh, 4))
+            self._hs = B.empty_f(nh, 4)
         K.hull_cells(self._hf, self._hi, nh, self._pp, K.R_MAX + 0.05, self._cell, ncell, self._hs)
         total = int(ncell.to_numpy().astype(np.int64).sum())
         t = 1 << max(6, math.ceil(math.log2(2 * total + 1)))
         if t != self._grid_t:
-            self._count = ti.ndarray(ti.i32, t)
-            self._count.fill(0)
-            self._cursor = ti.ndarray(ti.i32, t)
-            self._start = ti.ndarray(ti.i32, t + 1)
+            self._count = B.ndarray_i1(t)
+            self._cursor = B.empty_i(t)
+            self._start = B.empty_i(t + 1)
             self._grid_t = t
         if getattr(self, "_cell_hull", None) is None or self._cell_hull.shape[0] < total:
-            self._cell_hull = ti.ndarray(ti.i32, max(total, 1))
+            self._cell_hull = B.empty_i(max(total, 1))
         K.grid_count(self._hi, nh, t - 1, self._count)
         K.grid_prefix(self._count, t, self._start)  # also zeroes count for the next step
         self._cursor.fill(0)
@@ -546,18 +529,17 @@ class DebrisSystem:
         last grid is reused while the set of sleeping bits cannot have changed."""
         if self._quiet and self._rest_args is not None:
             return self._rest_args
-        K, ti = self._K, self._ti
+        K, B = self._K, self._B
         used = self.live_rubble
         t = 1 << max(6, math.ceil(math.log2(2 * used + 1)))
         if t != getattr(self, "_rest_t", 0):
-            self._rest_count = ti.ndarray(ti.i32, t)
-            self._rest_count.fill(0)
-            self._rest_cursor = ti.ndarray(ti.i32, t)
-            self._rest_start = ti.ndarray(ti.i32, t + 1)
+            self._rest_count = B.ndarray_i1(t)
+            self._rest_cursor = B.empty_i(t)
+            self._rest_start = B.empty_i(t + 1)
             self._rest_t = t
         if getattr(self, "_rest", None) is None or self._rest.shape[0] < used:
-            self._rest = ti.ndarray(ti.i32, max(used, 1))
-            self._rest_x = ti.ndarray(ti.f64, (max(used, 1), 4))
+            self._rest = B.empty_i(max(used, 1))
+            self._rest_x = B.empty_f(max(used, 1), 4)
         cell = REST_CELL
         n = K.rest_count(self._rf, self._ri, used, t - 1, cell, self._rest_count)
         K.grid_prefix(self._rest_count, t, self._rest_start)  # also zeroes the counts
@@ -603,8 +585,7 @@ class DebrisSystem:
                     1,
                 )
             else:
-                dummy_i = self._ti.ndarray(self._ti.i32, 2)
-                dummy_i.fill(0)
+                dummy_i = self._B.ndarray_i1(2)
                 grid = (self._mat, self._ri, self._mat, self._mat, dummy_i, dummy_i, 0, 1.0, 0)
             gx, gy, gz = self.gravity
             static = self._pose1 is None or (
@@ -683,14 +664,15 @@ class DebrisSystem:
 
     def _used(self, table, n: int) -> np.ndarray:
         """The first n rows of a table as numpy: ring slots fill from 0, so they are the used ones."""
-        ti, K = self._ti, self._K
+        B, K = self._B, self._K
         cols = table.shape[1]
+        is_f = B.is_float(table)
         if n == 0:
-            return np.zeros((0, cols), dtype=np.float64 if table.dtype == ti.f64 else np.int32)
+            return np.zeros((0, cols), dtype=np.float64 if is_f else np.int32)
         if n == table.shape[0]:
             return table.to_numpy()
-        out = ti.ndarray(table.dtype, (n, cols))
-        (K.copy_rows_f if table.dtype == ti.f64 else K.copy_rows_i)(table, n, out)
+        out = (B.empty_f if is_f else B.empty_i)(n, cols)
+        (K.copy_rows_f if is_f else K.copy_rows_i)(table, n, out)
         return out.to_numpy()
 
     def state(self) -> dict[str, np.ndarray]:

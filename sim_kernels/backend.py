@@ -14,6 +14,7 @@ written as float32 by the host).
 
 import os
 
+import numpy as np
 import taichi as ti
 
 f64 = ti.f64
@@ -103,9 +104,39 @@ def ndarray_i(rows: int, cols: int):
 
 
 def ndarray_i1(n: int):
+    """A zeroed (n,) int32 ndarray (at least one element)."""
     a = ti.ndarray(dtype=i32, shape=max(n, 1))
     a.fill(0)
     return a
+
+
+def empty_f(*shape: int):
+    """An uninitialised float64 ndarray of ``shape`` (1-D or 2-D, every extent >= 1): scratch
+    that a kernel writes in full before anything reads it (no fill launch)."""
+    return ti.ndarray(dtype=f64, shape=shape)
+
+
+def empty_i(*shape: int):
+    """An uninitialised int32 ndarray of ``shape`` (as :func:`empty_f`)."""
+    return ti.ndarray(dtype=i32, shape=shape)
+
+
+def upload(a: np.ndarray):
+    """A device copy of a float64 or int32 array (at least one row: an empty one becomes one
+    zero row, as Taichi refuses empty arrays)."""
+    if a.dtype not in (np.float64, np.int32):
+        raise TypeError(f"upload takes float64 or int32 arrays, got {a.dtype}")
+    a = np.ascontiguousarray(a)
+    if len(a) == 0:
+        a = np.zeros((1, *a.shape[1:]), dtype=a.dtype)
+    out = ti.ndarray(dtype=f64 if a.dtype == np.float64 else i32, shape=a.shape)
+    out.from_numpy(a)
+    return out
+
+
+def is_float(a) -> bool:
+    """True for a float64 ndarray (a float table), False for an int32 one."""
+    return a.dtype == f64
 
 
 # ---- small vector helpers shared by the kernel modules ----------------------------------------

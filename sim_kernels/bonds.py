@@ -142,7 +142,8 @@ def bond_velocity_row(
 def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32, breakable: ti.i32):
     """Stress of every intact bond from its step-averaged load; break, damage, wake.
 
-    breakable = 0 only measures (a building settling in its pre-roll).
+    breakable = 0 only measures (a building settling in its pre-roll): no bond breaks and no
+    impact damage accumulates, whichever of the bond's bodies was hit.
     """
     for k in range(bdi.shape[0]):
         if bdi[k, BROKEN] == 0:
@@ -165,18 +166,19 @@ def bonds_end_step(bf: F2, bi: I2, bdf: F2, bdi: I2, substeps: ti.i32, breakable
                 bdf[k, RATIO] = ti.max(
                     sig_t / bdf[k, TEN], ti.max(tau / bdf[k, SHR], sig_c / bdf[k, CMP])
                 )
-            area = bdf[k, AREA]
-            impact = bf[a, IMPACT] * breakable
-            if b >= 0:
-                impact = ti.max(impact, bf[b, IMPACT])
-            dmg = bdf[k, DMG] + impact / (bdf[k, TEN] * area * IMPACT_TOUGHNESS_LENGTH)
-            dmg = ti.min(dmg, 1.0)
-            bdf[k, DMG] = dmg
-            if breakable != 0 and (bdf[k, RATIO] >= 1.0 - dmg or dmg >= 1.0):
-                bdi[k, BROKEN] = 1
-                bdf[k, DMG] = 1.0
-                bi[a, WAKE] = 1
+            if breakable != 0:  # held bonds (pre-roll) take no impact damage from either body
+                area = bdf[k, AREA]
+                impact = bf[a, IMPACT]
                 if b >= 0:
-                    bi[b, WAKE] = 1
+                    impact = ti.max(impact, bf[b, IMPACT])
+                dmg = bdf[k, DMG] + impact / (bdf[k, TEN] * area * IMPACT_TOUGHNESS_LENGTH)
+                dmg = ti.min(dmg, 1.0)
+                bdf[k, DMG] = dmg
+                if bdf[k, RATIO] >= 1.0 - dmg or dmg >= 1.0:
+                    bdi[k, BROKEN] = 1
+                    bdf[k, DMG] = 1.0
+                    bi[a, WAKE] = 1
+                    if b >= 0:
+                        bi[b, WAKE] = 1
         set3(bdf, k, FACC, vec3(0.0))
         set3(bdf, k, TACC, vec3(0.0))

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("taichi")
 
 from destruct.world import World
+from sim_kernels.bonds import IMPACT_TOUGHNESS_LENGTH
 
 FPS = 24
 G = 9.81
@@ -161,6 +162,63 @@ def test_overloaded_cantilever_breaks_first_at_its_root():
             first = new
     assert first is not None, "the overloaded cantilever never broke"
     assert first.tolist() == [0]  # the root bond, alone
+
+
+def struck(energy_over_toughness: float, *, struck_first: bool) -> World:
+    """A 1000 kg cube glued to the side of a fixed cube, hit head-on along the bond normal by an
+    8 kg cube at 5 m/s (no gravity). The tensile strength makes the collision energy
+    (0.5 mu v^2, mu the reduced mass) ``energy_over_toughness`` x the bond's impact toughness,
+    tensile x area x IMPACT_TOUGHNESS_LENGTH; shear and compression never govern. The struck
+    cube is the bond's first body or its second."""
+    w = World(gravity=(0, 0, 0), ground=False, backend="cpu")
+    wall = w.add_body(cube(), position=(0, 0, 0), fixed=True)
+    block = w.add_body(cube(), density=1000.0, position=(1, 0, 0))
+    bullet = w.add_body(cube(0.1), density=1000.0, position=(2.5, 0, 0), velocity=(-5, 0, 0))
+    m = w.masses()
+    energy = 0.5 * m[block] * m[bullet] / (m[block] + m[bullet]) * 5.0**2
+    tensile = energy / energy_over_toughness / (AREA * IMPACT_TOUGHNESS_LENGTH)
+    a, b, normal = (block, wall, (-1, 0, 0)) if struck_first else (wall, block, (1, 0, 0))
+    w.add_bond(a, b, point=(0.5, 0, 0), normal=normal, area=AREA, tensile=tensile,
+               shear=STRONG, compressive=STRONG)  # fmt: skip
+    return w
+
+
+def steps_peak_ratio(w: World, seconds: float = 1.0) -> float:
+    """Step; return the largest stress ratio seen at a step's end."""
+    peak = 0.0
+    for _ in range(round(seconds * FPS)):
+        w.step(1 / FPS, 8)
+        peak = max(peak, float(w.bond_stress_ratio()[0]))
+    return peak
+
+
+@pytest.mark.parametrize("struck_first", [True, False])
+def test_impact_damage_is_collision_energy_over_toughness_and_breaks_below_strength(struck_first):
+    """An impact adds energy / (tensile x area x IMPACT_TOUGHNESS_LENGTH) of damage, whichever
+    body of the bond is hit; at 1.2x the toughness the bond breaks although its stress stays
+    a hundredth of its strength (a static load that small never breaks it)."""
+    w = struck(0.5, struck_first=struck_first)
+    peak = steps_peak_ratio(w)
+    assert not w.bond_broken()[0]
+    assert abs(w.bond_damage()[0] - 0.5) < 1e-3
+    assert peak < 0.01
+    w = struck(1.2, struck_first=struck_first)
+    peak = steps_peak_ratio(w)
+    assert w.bond_broken()[0] and w.bond_damage()[0] == 1.0
+    assert peak < 0.05
+
+
+@pytest.mark.parametrize("struck_first", [True, False])
+def test_held_bonds_take_no_impact_damage(struck_first):
+    """While bonds are held (World.breakable = False, the pre-roll) an impact of 1.2x the
+    toughness leaves no damage on either body's side, so the bond survives the release."""
+    w = struck(1.2, struck_first=struck_first)
+    w.breakable = False
+    steps_peak_ratio(w)
+    assert w.bond_damage()[0] == 0.0 and not w.bond_broken()[0]
+    w.breakable = True
+    steps_peak_ratio(w, 0.5)
+    assert w.bond_damage()[0] == 0.0 and not w.bond_broken()[0]
 
 
 def test_charge_impulse_falls_off_and_stops_at_its_radius():

@@ -87,9 +87,26 @@ def stack():
     return w, x0, peak, final
 
 
+def drift(w: World, x0: np.ndarray) -> float:
+    """The largest distance a body moved from x0 [m] (Euclidean, per body)."""
+    return float(np.linalg.norm(w.positions()[: len(x0)] - x0, axis=1).max())
+
+
+def dropped_box_wakes(w: World, x: float, y: float) -> np.ndarray:
+    """Drop a box at 3 m/s from (x, y, 0) for half a second; (n,) bool: bodies awake at some step
+    (the dropped box last)."""
+    assert w.sleeping().all()  # so every body awake below was woken by the drop
+    w.add_body(box(0.5, 0.5, 0.5), density=500.0, position=(x, y, 0), velocity=(0, -3, 0))
+    woke = np.zeros(w.num_bodies, dtype=bool)
+    for _ in range(12):
+        w.step(1 / FPS, 8)
+        woke |= ~w.sleeping()
+    return woke
+
+
 def test_stack_of_ten_stands_and_sleeps(stack):
     w, x0, peak, final = stack
-    assert np.abs(w.positions() - x0).max() < 0.01
+    assert drift(w, x0) < 0.01
     assert final < 1e-4 * peak
     assert w.sleeping().all()
 
@@ -97,16 +114,13 @@ def test_stack_of_ten_stands_and_sleeps(stack):
 def test_dropped_box_wakes_the_stack(stack):
     w, _, _, _ = stack
     top = w.positions()[:, 1].argmax()
-    w.add_body(box(0.5, 0.5, 0.5), density=500.0, position=(0, 11.5, 0), velocity=(0, -3, 0))
-    woke = np.zeros(w.num_bodies, dtype=bool)
-    for _ in range(12):
-        w.step(1 / FPS, 8)
-        woke |= ~w.sleeping()
+    woke = dropped_box_wakes(w, 0.0, 11.5)
     assert woke[top]
     assert woke[:10].sum() >= 2
 
 
-def test_pyramid_of_ten_rows_stands_and_sleeps():
+@pytest.fixture(scope="module")
+def pyramid():
     w = World(backend="cpu")
     for row in range(10):
         for k in range(10 - row):
@@ -115,9 +129,22 @@ def test_pyramid_of_ten_rows_stands_and_sleeps():
             )
     x0 = w.positions()
     peak, final = _settle(w, 10.0)
-    assert np.abs(w.positions() - x0).max() < 0.01
+    return w, x0, peak, final
+
+
+def test_pyramid_of_ten_rows_stands_and_sleeps(pyramid):
+    w, x0, peak, final = pyramid
+    assert drift(w, x0) < 0.01
     assert final < 1e-4 * peak
     assert w.sleeping().all()
+
+
+def test_dropped_box_wakes_the_pyramid(pyramid):
+    w, x0, _, _ = pyramid
+    top = w.positions()[:, 1].argmax()
+    woke = dropped_box_wakes(w, x0[top, 0], 11.5)
+    assert woke[top]
+    assert woke[: len(x0)].sum() >= 2
 
 
 def test_head_on_collision_conserves_momentum():
@@ -134,8 +161,11 @@ def test_head_on_collision_conserves_momentum():
     v = w.velocities()
     p1 = m @ v[:, 0]
     assert v[a, 0] < v[b, 0]  # they bounced apart
-    assert abs(p1 - p0) < 0.01 * abs(m[a] * 3.0)
-    assert np.abs(m @ v[:, 1:]).max() < 1e-6 * abs(m[a] * 3.0)
+    # the bar is 1 % of the total |p0| (952 kg m/s), which is 19 % of the sum of both bodies' |p|
+    # (5048): the stricter of the two, and the one the issue states; the sum of |p| would be the
+    # scale only for a total near zero, where 1 % of it means nothing
+    assert abs(p1 - p0) < 0.01 * abs(p0)
+    assert np.abs(m @ v[:, 1:]).max() < 1e-6 * abs(p0)
 
 
 def _pile(seed: int) -> World:
