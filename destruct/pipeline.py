@@ -214,6 +214,8 @@ def _run_stage(
         stage not in PER_FRAME or set(stage_frames) <= set(entry.get("frames_done", []))
     ):
         say(f"{name}: up to date")
+        if stage is Stage.SIMULATE and shot.output.usd and not rd.path("scene.usdc").is_file():
+            _export_usd(rd, say)  # usd switched on after the simulation ran
         return False
 
     ctx = StageContext(

@@ -181,3 +181,52 @@ def test_python_api_run_matches_cli_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = destruct.run(small(), stages="prepare")
     assert r.run_dir == (tmp_path / "renders" / "t").resolve()
+
+
+def test_stage_not_built_is_exit_code_3_through_the_cli(tmp_path, monkeypatch, capsys):
+    from destruct.cli import main
+
+    monkeypatch.setitem(
+        stage_registry.ENTRY_POINTS, Stage.RENDER, "destruct.not_a_module:run_render"
+    )
+    shot = tmp_path / "t.toml"
+    shot.write_text(small().to_toml())
+    assert main(["run", str(shot), "--out", str(tmp_path / "run"), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: stage 'render' is not built yet")
+
+
+def _bump_manifest(root: str, key: str, times: int) -> None:
+    from destruct.rundir import RunDir
+
+    run_dir = RunDir(root)
+    for i in range(times):
+        with run_dir.update() as m:
+            m.setdefault("counts", {})[f"{key}{i}"] = i
+
+
+def test_two_processes_updating_the_manifest_lose_nothing(tmp_path):
+    """Two ``--frames`` ranges on one run dir update the manifest at once: the lock makes each
+    read-modify-write whole, so no update is lost."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bump_manifest, args=(str(tmp_path), k, 40)) for k in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    counts = json.loads((tmp_path / "manifest.json").read_text())["counts"]
+    assert sorted(counts) == sorted(f"{k}{i}" for k in "ab" for i in range(40))
+
+
+def test_cli_run_without_a_shot_runs_the_bundled_default_into_renders_default(tmp_path):
+    r = run_cli("run", "--stages", "prepare", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "renders" / "default"
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["stages"]["prepare"]["status"] == "done"
+    assert 780 <= m["stages"]["prepare"]["figures"]["pieces"] <= 900
+    assert (run_dir / "fracture" / "pieces.npz").is_file()
+    assert destruct.load_shot(run_dir / "shot.toml").hash() == m["shot_hash"]

@@ -114,19 +114,26 @@ def test_resolved_shot_round_trips_through_toml(tmp_path):
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("[shot]\nframes = 10\ncolour = 1\n", "unknown key 'colour' in [shot]"),
-        ("[shot]\nframes = -3\n", "shot.frames = -3"),
-        ('[shot]\nfps = "fast"\n', "shot.fps = 'fast'"),
-        ("[camera]\nfocal_mm = nan\n", "camera.focal_mm = nan"),
-        ('[building]\nmesh = "nowhere.glb"\n', "building.mesh = 'nowhere.glb': no such file"),
+        (
+            "[shot]\nframes = 10\ncolour = 1\n",
+            "unknown key 'colour' in [shot]; allowed: name, fps, frames, start_frame, seed",
+        ),
+        ("[shot]\nframes = -3\n", "shot.frames = -3: input should be greater than or equal to 1"),
+        ('[shot]\nfps = "fast"\n', "shot.fps = 'fast': input should be a valid number"),
+        ("[camera]\nfocal_mm = nan\n", "camera.focal_mm = nan: input should be a finite number"),
+        (
+            '[building]\nmesh = "nowhere.glb"\n',
+            "building.mesh = 'nowhere.glb': no such file",  # and: paths are relative to the shot
+        ),
         ("[shot\nname=", "not valid TOML"),
     ],
 )
 def test_cli_validate_bad_shot_exits_2_without_traceback(write_shot, text, needle):
+    """One line naming the key, the value and what is allowed; exit 2; no traceback."""
     r = run_cli("validate", write_shot(text))
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ")
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_cli_validate_default_shot():

@@ -139,6 +139,28 @@ def test_glued_row_stands_and_a_charge_breaks_only_inside_its_radius(tmp_path):
     assert figures["bonds_broken"] >= int(inside.sum())
 
 
+def test_breaking_bonds_emit_rubble_and_dust_reported_as_peaks(tmp_path):
+    """The stage wiring of debris: nothing before the charge, rubble and dust born at the
+    broken bonds when it fires, and the figures' peaks are the largest per-frame counts."""
+    bonds = row_of_blocks(tmp_path)
+    charge = {"time": 0.1, "position": [0.0, 0.5, 0.0], "radius": 1.6, "impulse": 4e4}
+    figures = run_simulate(
+        make_ctx(tmp_path, frames=6, charges=[charge], debris={"enabled": True, "per_break": 20.0})
+    )
+    frames = [frame(tmp_path, f) for f in range(1001, 1007)]
+    assert all(len(f["rubble_id"]) == 0 and len(f["dust_position"]) == 0 for f in frames[:3])
+    at = frames[3]  # the charge fires in (1003, 1004]
+    assert len(at["rubble_id"]) > 0 and len(at["dust_position"]) > 0
+    # born at the broken bonds and in the charge's burst (all inside its radius), 1/24 s ago
+    assert at["bond_broken"].sum() == sum(
+        np.linalg.norm(np.subtract(b[2], [0, 0.5, 0])) < 1.6 for b in bonds
+    )
+    reach = 1.6 + np.linalg.norm(at["rubble_velocity"], axis=1) / 24 + 0.05
+    assert (np.linalg.norm(at["rubble_position"] - [0, 0.5, 0], axis=1) < reach).all()
+    assert figures["peak_rubble"] == max(len(f["rubble_id"]) for f in frames)
+    assert figures["peak_dust"] == max(len(f["dust_position"]) for f in frames)
+
+
 def test_region_weakened_to_nothing_breaks_its_bonds_at_start(tmp_path):
     bonds = row_of_blocks(tmp_path)
     region = {"min": [2.2, -1.0, -1.0], "max": [4.8, 2.0, 1.0], "start": 0.2, "weaken": 1.0}

@@ -465,3 +465,18 @@ def test_cli_export_usd(tmp_path, run):
     bad = run_cli("export", "usd", tmp_path)
     assert bad.returncode == 2
     assert "not a destruct run folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_usd_switched_on_after_simulate_still_exports(tmp_path):
+    """The simulation is up to date, but the shot now asks for USD: the export still runs."""
+    from destruct.pipeline import run as run_pipeline
+    from destruct.shot import shot_from_dict
+
+    off = {**TINY_SHOT, "output": {**TINY_SHOT.get("output", {}), "usd": False}}
+    run_pipeline(shot_from_dict(off), tmp_path / "run", "prepare,simulate")
+    assert not (tmp_path / "run" / "scene.usdc").exists()
+    result = run_pipeline(shot_from_dict(TINY_SHOT), tmp_path / "run", "prepare,simulate")
+    assert result.ran == []
+    stage = Usd.Stage.Open(str(tmp_path / "run" / "scene.usdc"))
+    assert (stage.GetStartTimeCode(), stage.GetEndTimeCode()) == (1, 3)
