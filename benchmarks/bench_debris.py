@@ -14,12 +14,6 @@ still awake). Dust: passive particles, one exact drag update per frame, curl noi
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (10_000, 100_000)
 FPS, SUBSTEPS, SECONDS = 24, 8, 1.0
@@ -129,20 +123,13 @@ def _warm_up() -> None:
 
 def run(quick: bool = False) -> list[dict]:
     """Every case in its own interpreter; returns one record per (kind, size)."""
-    records = []
-    for n in QUICK_SIZES if quick else SIZES:
-        for kind in ("rubble", "dust"):
-            code = (
-                f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-                f"from benchmarks.bench_debris import _case; print(json.dumps(_case({kind!r}, {n})))"
-            )
-            out = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
-            )
-            if out.returncode:
-                raise RuntimeError(f"debris benchmark {kind} {n} failed:\n{out.stderr[-2000:]}")
-            records.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return records
+    from benchmarks.runner import in_child
+
+    return [
+        in_child("bench_debris", "_case", kind, n)
+        for n in (QUICK_SIZES if quick else SIZES)
+        for kind in ("rubble", "dust")
+    ]
 
 
 if __name__ == "__main__":

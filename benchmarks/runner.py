@@ -204,6 +204,24 @@ def main(only: str | None = None, quick: bool = False, repeat: int = 1) -> dict[
     return summary
 
 
+def in_child(module: str, func: str, *args: Any) -> dict[str, Any]:
+    """``benchmarks.<module>.<func>(*args)`` in a fresh interpreter, its JSON record returned:
+    the case's peak resident memory is its own, and Taichi or GL start clean for it."""
+    import subprocess
+
+    call = f"{func}(*{json.dumps(list(args))})"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE.parent)!r}); "
+        f"from benchmarks.{module} import {func}; print(json.dumps({call}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent, check=False
+    )
+    if out.returncode:
+        raise RuntimeError(f"{module}.{call} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def script(module_file: str) -> None:
     """``python benchmarks/bench_<name>.py [--quick]``: run that one module through :func:`main`."""
     sys.path.insert(0, str(HERE.parent))

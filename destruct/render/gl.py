@@ -160,9 +160,7 @@ class GLRenderer:
             self.scene.remove_node(self._mesh_node)
             self._mesh_node = None
         prims = []
-        for (a, b), mat, shade in zip(
-            mesh.groups, self._materials, (1.0, INTERIOR_SHADE, INTERIOR_SHADE)
-        ):
+        for (a, b), mat, shade in zip(mesh.groups[:2], self._materials, (1.0, INTERIOR_SHADE)):
             if b <= a:
                 continue
             color = np.ones((b - a, 4), dtype=np.float32)
@@ -175,6 +173,7 @@ class GLRenderer:
                     material=mat,
                 )
             )
+        prims += self._rubble_primitives(mesh)
         # The ground is a primitive of the same mesh, drawn last: pyrender draws its mesh nodes
         # in set order, which changes from run to run, and where the ground and a piece touch
         # at equal depth the first drawn wins; one node keeps the beauty bit-identical.
@@ -186,6 +185,33 @@ class GLRenderer:
         flags = pr.RenderFlags.RGBA | pr.RenderFlags.SHADOWS_DIRECTIONAL
         color, _ = self._renderer.render(self.scene, flags=flags)
         return color
+
+    def _rubble_primitives(self, mesh: FrameMesh) -> list:
+        """The rubble as instanced rocks, one primitive per colour: a million bits are a million
+        4x4 matrices, where a merged mesh would be 60 million vertices (which llvmpipe cannot
+        draw: it crashed at 1M rubble, measured)."""
+        if mesh.rubble_poses is None or not len(mesh.rubble_poses):
+            return []
+        from destruct.render.scene import ROCK_FACES, ROCK_VERTS, face_normals
+
+        tri = ROCK_VERTS[ROCK_FACES]
+        positions = tri.reshape(-1, 3).astype(np.float32)
+        normals = np.repeat(face_normals(tri), 3, axis=0).astype(np.float32)
+        colors, which = np.unique(mesh.rubble_colors, axis=0, return_inverse=True)
+        prims = []
+        for k, c in enumerate(colors):
+            color = np.ones((len(positions), 4), dtype=np.float32)
+            color[:, :3] = c * INTERIOR_SHADE
+            prims.append(
+                self._pr.Primitive(
+                    positions=positions,
+                    normals=normals,
+                    color_0=color,
+                    material=self._materials[2],
+                    poses=mesh.rubble_poses[which.ravel() == k],
+                )
+            )
+        return prims
 
     def close(self) -> None:
         self._renderer.delete()

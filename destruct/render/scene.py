@@ -66,7 +66,7 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     return m
 
 
-def _face_normals(tri: np.ndarray) -> np.ndarray:
+def face_normals(tri: np.ndarray) -> np.ndarray:
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     length = np.linalg.norm(n, axis=1, keepdims=True)
     return (n / np.where(length > 0, length, 1.0)).astype(np.float32)
@@ -176,6 +176,10 @@ class FrameMesh:
     tri_color: np.ndarray
     tri_class: np.ndarray
     groups: tuple[tuple[int, int], ...]
+    #: the rubble as instances of one rock for the GL beauty: (R, 4, 4) f32 world matrices
+    #: (rotation times radius, position) and (R,) colour rows into ``rubble_colors`` (R, 3)
+    rubble_poses: np.ndarray | None = None
+    rubble_colors: np.ndarray | None = None
 
     @property
     def faces(self) -> np.ndarray:
@@ -199,7 +203,7 @@ class PieceMesh:
         gfaces, piece_of_face, interior = gfaces[order], piece_of_face[order], interior[order]
         verts = np.asarray(pieces["vertices"], dtype=np.float32)
         self.local = np.ascontiguousarray(verts[gfaces].reshape(-1, 3))
-        self.local_normals = _face_normals(verts[gfaces].astype(np.float64))
+        self.local_normals = face_normals(verts[gfaces].astype(np.float64))
         self.tri_body = piece_of_face
         self.vert_body = np.repeat(piece_of_face, 3)
         mat = np.asarray(pieces["material"], dtype=np.int64)[piece_of_face]
@@ -236,7 +240,7 @@ class PieceMesh:
             slots = self.n_pieces + bodies.rubble_id
             vb = np.repeat(slots, nf * 3)
             transform_vertices(local, vb, bodies.rot, bodies.pos, verts[3 * T :])
-            rock_n = _face_normals(ROCK_VERTS[ROCK_FACES])
+            rock_n = face_normals(ROCK_VERTS[ROCK_FACES])
             transform_vertices(
                 np.tile(rock_n, (R, 1)),
                 np.repeat(slots, nf),
@@ -248,5 +252,12 @@ class PieceMesh:
             tri_body = np.concatenate([tri_body, np.repeat(slots, nf)])
             tri_color = np.concatenate([tri_color, np.repeat(self.rubble_color[mat], nf, axis=0)])
             tri_class = np.concatenate([tri_class, np.repeat(self.look_class[mat], nf)])
+            poses = np.zeros((R, 4, 4), dtype=np.float32)
+            poses[:, :3, :3] = bodies.rot[slots] * bodies.rubble_radius[:, None, None]
+            poses[:, :3, 3] = bodies.pos[slots]
+            poses[:, 3, 3] = 1.0
+            rubble = {"rubble_poses": poses, "rubble_colors": self.rubble_color[mat]}
+        else:
+            rubble = {}
         groups = self.groups + ((T, T + R * nf),)
-        return FrameMesh(verts, normals, tri_body, tri_color, tri_class, groups)
+        return FrameMesh(verts, normals, tri_body, tri_color, tri_class, groups, **rubble)

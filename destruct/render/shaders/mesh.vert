@@ -20,7 +20,8 @@ out vec4 vertex_color;
 
 void main()
 {
-    // node poses here are rigid (rotation + translation), so mat3(model) turns normals too
+    // node poses are rigid and rubble instances add a uniform scale, so mat3(model) turns
+    // normals too (the fragment stage normalises them)
     mat4 model = M * inst_m;
     vec4 w = model * vec4(position, 1.0);
     world_position = w.xyz;
