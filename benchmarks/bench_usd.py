@@ -122,6 +122,7 @@ def synthetic_run(
             rubble_radius=(0.05 + 0.01 * (ids % 3)).astype(np.float32),
             rubble_material=(ids % 2).astype(np.int32),
             dust_position=rng.uniform(-1, 5, size=(n_dust, 3)).astype(np.float32),
+            dust_velocity=rng.normal(0, 0.5, size=(n_dust, 3)).astype(np.float32),
             dust_radius=np.full(n_dust, 0.2, dtype=np.float32),
             dust_alpha=np.linspace(1.0, 0.1, n_dust).astype(np.float32),
         )

@@ -653,6 +653,7 @@ class DebrisSystem:
         d, age, life = df[live], age[live], life[live]
         u = age / life
         out["dust_position"] = d[:, K.DX : K.DX + 3].astype(np.float32)
+        out["dust_velocity"] = d[:, K.DV : K.DV + 3].astype(np.float32)
         out["dust_radius"] = (d[:, K.DR0] * (1 + (d[:, K.DGROW] - 1) * np.sqrt(u))).astype(
             np.float32
         )

@@ -246,6 +246,7 @@ def _empty_debris() -> dict[str, np.ndarray]:
         "rubble_radius": np.zeros(0, f32),
         "rubble_material": np.zeros(0, i32),
         "dust_position": np.zeros((0, 3), f32),
+        "dust_velocity": np.zeros((0, 3), f32),
         "dust_radius": np.zeros(0, f32),
         "dust_alpha": np.zeros(0, f32),
         "rubble_age": np.zeros(0, f32),

@@ -708,6 +708,7 @@ def _author_debris(
 
     dust = UsdGeom.Points.Define(stage, "/World/Dust")
     d_pts, d_w, d_ext = dust.CreatePointsAttr(), dust.CreateWidthsAttr(), dust.CreateExtentAttr()
+    d_vel = dust.CreateVelocitiesAttr()
     dust.SetWidthsInterpolation(UsdGeom.Tokens.vertex)
     pv = UsdGeom.PrimvarsAPI(dust.GetPrim())
     opacity = pv.CreatePrimvar(
@@ -733,6 +734,9 @@ def _author_debris(
         dp = arr(d, "dust_position", (3,), np.float32)
         dr = arr(d, "dust_radius", (), np.float32)
         d_pts.Set(Vt.Vec3fArray.FromNumpy(dp), t)
+        if "dust_velocity" in d:  # caches before dust_velocity have none: no blur, not zeros
+            dv = arr(d, "dust_velocity", (3,), np.float32) * np.float32(time_scale)
+            d_vel.Set(Vt.Vec3fArray.FromNumpy(dv), t)
         d_w.Set(Vt.FloatArray.FromNumpy(2.0 * dr), t)
         d_ext.Set(_extent(dp, dr), t)
         opacity.Set(Vt.FloatArray.FromNumpy(arr(d, "dust_alpha", (), np.float32)), t)

@@ -171,6 +171,9 @@ def test_dust_rises_grows_fades_and_is_gone_after_its_lifetime():
     assert s1["dust_position"][:, 1].mean() > s0["dust_position"][:, 1].mean() + 0.3
     assert s1["dust_radius"].mean() > 1.5 * s0["dust_radius"].mean()
     assert 0 < s1["dust_alpha"].max() <= 1
+    d.step(DT, SUB)  # the cached velocity is the motion: positions move by about v dt
+    moved = (d.snapshot()["dust_position"] - s1["dust_position"]) / DT
+    assert np.abs(moved - s1["dust_velocity"]).max() < 0.1 * np.abs(s1["dust_velocity"]).max()
     life = debris.DUST_LIFE * 1.25  # the longest lifetime drawn
     while d.time < life - 2 * DT:
         d.step(DT, SUB)

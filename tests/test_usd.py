@@ -212,6 +212,9 @@ def test_rubble_and_dust_per_frame(run):
         pts = np.array(dust.GetPointsAttr().Get(t))
         assert len(pts) == len(d["dust_position"]) == 7 + 2 * k
         np.testing.assert_allclose(dust.GetWidthsAttr().Get(t), 2 * d["dust_radius"], rtol=1e-6)
+        np.testing.assert_allclose(  # motion blur: per shot second, like the rubble's
+            dust.GetVelocitiesAttr().Get(t), d["dust_velocity"] * TIME_SCALE, rtol=1e-6
+        )
         alpha = UsdGeom.PrimvarsAPI(dust.GetPrim()).GetPrimvar("displayOpacity")
         assert alpha.GetInterpolation() == UsdGeom.Tokens.vertex
         np.testing.assert_allclose(alpha.Get(t), d["dust_alpha"], rtol=1e-6)
