@@ -210,6 +210,28 @@ def _repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh | None:
     return out
 
 
+def _capped_volume(mesh: trimesh.Trimesh) -> float:
+    """|volume| of an open surface with each hole closed by a fan from its boundary's centroid
+    (a flat cap for a planar hole), the figure reported before repair. trimesh's volume of an
+    open surface depends on where it sits: a unit box missing its x = 10 side has 11 m^3."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    v = v - v.mean(axis=0)
+    tri = v[mesh.faces]
+    total = np.einsum("ij,ij->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
+    edges = np.asarray(mesh.edges)  # (3F, 2) directed, as each face runs
+    boundary = edges[trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)]
+    loops = trimesh.graph.connected_components(boundary)
+    if loops:
+        label = np.zeros(len(v), dtype=np.int64)
+        for k, loop in enumerate(loops):
+            label[loop] = k
+        centroid = np.array([v[loop].mean(axis=0) for loop in loops])[label[boundary[:, 0]]]
+        # each hole's cap runs its boundary edges (a, b) backwards: triangles (centroid, b, a)
+        a, b = v[boundary[:, 0]], v[boundary[:, 1]]
+        total += np.einsum("ij,ij->", centroid, np.cross(b, a))
+    return abs(float(total)) / 6.0
+
+
 def _solids(name: str, mesh: trimesh.Trimesh, path: Path, report: dict) -> list[trimesh.Trimesh]:
     """One node's connected components as closed volumes, with their cavities kept inside."""
     with np.errstate(invalid="ignore", divide="ignore"):  # trimesh's centre of a flat shell
@@ -224,7 +246,7 @@ def _solids_of(name: str, mesh: trimesh.Trimesh, path: Path, report: dict) -> li
         if comp.is_watertight and comp.is_winding_consistent:
             closed.append(comp)
             continue
-        before = float(abs(comp.volume))
+        before = _capped_volume(comp)
         fixed = _repair(comp)
         if fixed is None:
             raise UserError(

@@ -9,13 +9,17 @@ from scipy.spatial import ConvexHull
 from destruct.building import Part, box_mesh, build_procedural
 from destruct.errors import UserError
 from destruct.fracture import (
+    CHARGE_DETAIL_FACTOR,
     MAX_PIECES,
+    _detail_of,
+    allocate_seeds,
     fracture_parts,
     fracture_with_seeds,
     prepare,
     read_fracture,
     run_prepare,
     scene_arrays,
+    weighted_volumes,
     write_fracture,
 )
 from destruct.io import load_json, load_npz
@@ -200,6 +204,77 @@ def test_pieces_near_a_charge_are_smaller():
     assert near.sum() >= 5 and far.sum() >= 5
     assert vol[near].mean() < 0.5 * vol[far].mean()
     assert scene.volume_error < 1e-6
+
+
+@pytest.mark.parametrize(
+    "weights, n, expect",
+    [
+        ([1, 3], 40, [10, 30]),  # exact shares
+        ([1, 3], 41, [10, 31]),  # 10.25 / 30.75: the spare seed goes to the larger remainder
+        ([1, 3], 42, [11, 31]),  # 10.5 / 31.5: a tie goes to the first part
+        ([0.01, 1, 1], 10, [1, 5, 4]),  # share 0.033 -> 1 seed; the other two split 9
+        ([1, 1, 1], 2, [1, 1, 1]),  # at least one seed per part, even over the target
+    ],
+)
+def test_seeds_are_allocated_by_largest_remainder(weights, n, expect):
+    counts = allocate_seeds(np.array(weights, dtype=float), n)
+    assert counts.tolist() == expect and counts.sum() == max(n, len(weights))
+
+
+def test_seeds_per_part_follow_volume_weighted_by_detail():
+    small = _box_part((0, 0, 0), (1, 1, 1), name="small_00")  # 1 m^3
+    big = _box_part((10, 0, 0), (13, 1, 1), name="big_00")  # 3 m^3
+    rng = np.random.default_rng(0)
+    assert weighted_volumes([small, big], [], rng).tolist() == [1.0, 3.0]
+    for seed in (0, 1, 2):
+        scene = fracture_parts([small, big], 40, seed=seed)
+        assert [e["pieces"] for e in scene.elements] == [10, 30]
+        assert sum(p.element == "big_00" for p in scene.pieces) == 30
+    # a detail point whose radius (2 m) covers the whole small box (corners 0.87 m away)
+    # triples its density there exactly; the big box is beyond 2 radii, so unweighted
+    detail = [((0.5, 0.5, 0.5), 2.0, 3.0)]
+    assert weighted_volumes([small, big], detail, rng).tolist() == [3.0, 3.0]
+    scene = fracture_parts([small, big], 40, seed=0, detail=detail)
+    assert [e["pieces"] for e in scene.elements] == [20, 20]
+    assert scene.volume_error < 1e-6
+
+
+def _charge_shot(charges):
+    """Two floors, 2 x 1 bays of 4 m (8 x 6 x 4 m), 150 pieces, seed 0."""
+    from destruct.shot import shot_from_dict
+
+    procedural = {"floors": 2, "bays_x": 2, "bays_z": 1, "bay": 4.0, "story": 3.0}
+    return shot_from_dict(
+        {
+            "shot": {"seed": 0},
+            "building": {"procedural": procedural},
+            "fracture": {"pieces": 150},
+            "charges": charges,
+        }
+    )
+
+
+def test_a_shot_charge_makes_pieces_near_it_smaller():
+    centre, radius = np.array([0.0, 1.5, 0.0]), 2.0  # at the corner column, ground floor
+    charge = {"time": 0.1, "position": centre.tolist(), "radius": radius, "impulse": 100.0}
+    shot = _charge_shot([charge])
+    assert _detail_of(shot) == [((0.0, 1.5, 0.0), 2.0, CHARGE_DETAIL_FACTOR)]
+
+    def near_far(scene):
+        com = np.array([p.com for p in scene.pieces])
+        vol = np.array([p.volume for p in scene.pieces])
+        d = np.linalg.norm(com - centre, axis=1)
+        near, far = d < radius, d > 2 * radius  # inside the charge, beyond its fade
+        return near.sum(), vol[near].mean() / vol[far].mean()
+
+    scene = prepare(shot)
+    assert scene.volume_error < 1e-6
+    n_near, ratio = near_far(scene)
+    # measured over seeds 0-3: 22-25 pieces near, mean volume 0.28-0.30 x the far mean
+    assert n_near >= 15 and ratio < 0.5
+    # the same building without the charge: 7-9 pieces there, ratio 0.91-1.19
+    n_plain, plain_ratio = near_far(prepare(_charge_shot([])))
+    assert n_near > 2 * n_plain and plain_ratio > 0.7
 
 
 def test_far_from_convex_piece_gets_a_compound_of_hulls():

@@ -1,5 +1,7 @@
 """Mesh import and repair: up axis, scale, recentring, cavities, repair, clear refusals."""
 
+import json
+
 import numpy as np
 import pytest
 import trimesh
@@ -7,6 +9,7 @@ import trimesh
 from destruct.building import box_mesh
 from destruct.errors import UserError
 from destruct.fracture import fracture_parts
+from destruct.io import load_json
 from destruct.meshio import load_parts, points_inside
 
 
@@ -84,14 +87,55 @@ def test_inside_out_mesh_is_flipped_and_reported(tmp_path):
     assert len(report["flipped"]) == 1
 
 
-def test_open_mesh_is_repaired_and_reported(tmp_path):
-    box = box_mesh((0, 0, 0), (1, 1, 1))
-    open_box = trimesh.Trimesh(box.vertices, box.faces[2:], process=False)  # one side missing
-    assert not open_box.is_watertight
+@pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
+@pytest.mark.parametrize("holes", ["one side", "two triangles"])
+def test_open_mesh_is_repaired_and_reports_its_volume_before_and_after(tmp_path, offset, holes):
+    # A unit box with planar holes holds 1 m^3 once each hole is closed flat, before repair as
+    # after, wherever it sits. trimesh's volume of the open surface is no such figure: 1 + offset
+    # without the x = offset side, 0.5 without one triangle of each x side (what the report gave
+    # before the fix); one cap apex shared by both holes would give 5/6.
+    box = box_mesh((offset,) * 3, (offset + 1,) * 3)
+    x = box.triangles_center[:, 0]
+    lo, hi = np.flatnonzero(np.isclose(x, offset))[0], np.flatnonzero(np.isclose(x, offset + 1))[0]
+    keep = np.arange(2, 12) if holes == "one side" else np.setdiff1d(np.arange(12), [lo, hi])
+    open_box = trimesh.Trimesh(box.vertices, box.faces[keep], process=False)
+    assert not open_box.is_watertight and len(open_box.faces) == 10
     (part,), _, report = load_parts(_write_obj(tmp_path / "open.obj", open_box))
-    assert part.mesh.is_watertight and part.mesh.volume == pytest.approx(1.0, rel=1e-6)
+    assert part.mesh.is_watertight and part.mesh.is_winding_consistent
     (rep,) = report["repaired"]
-    assert rep["part"] == "obj0" and rep["volume_after"] == pytest.approx(1.0, rel=1e-6)
+    assert rep["part"] == "obj0" and rep["component"] == 0
+    assert rep["volume_before"] == pytest.approx(1.0, rel=1e-9)
+    assert rep["volume_after"] == pytest.approx(1.0, rel=1e-6)
+    assert report["volume"] == pytest.approx(part.mesh.volume) == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("objects", [1, 2], ids=["one-object", "own-object"])
+def test_zero_volume_component_is_reported_not_lost(tmp_path, capsys, objects):
+    from destruct.fracture import run_prepare
+    from destruct.rundir import RunDir
+    from destruct.shot import shot_from_dict
+    from destruct.stages import Stage, StageContext
+
+    box = box_mesh((0, 0, 0), (1, 1, 1))
+    flat = trimesh.Trimesh(  # a closed tetrahedron flat in z = 0, beside the box
+        [[3, 0, 0], [4, 0, 0], [3, 1, 0], [3.3, 0.3, 0]],
+        [[0, 2, 1], [0, 1, 3], [1, 2, 3], [2, 0, 3]],
+        process=False,
+    )
+    meshes = [box, flat] if objects == 2 else [trimesh.util.concatenate([box, flat])]
+    path = _write_obj(tmp_path / "deg.obj", *meshes)
+    parts, _, report = load_parts(path)
+    assert [p.name for p in parts] == ["obj0_00"] and parts[0].mesh.volume == pytest.approx(1.0)
+    part = "obj1" if objects == 2 else "obj0"
+    assert report["degenerate"] == [{"part": part, "faces": 4, "volume": 0.0}]
+    assert report["repaired"] == [] and report["volume"] == pytest.approx(1.0)
+    # the stage says so, and fracture.json keeps the entry
+    shot = shot_from_dict({"building": {"mesh": "deg.obj"}, "fracture": {"pieces": 2}}, tmp_path)
+    ctx = StageContext(shot=shot, run=RunDir(tmp_path / "run"), stage=Stage.PREPARE, frames=[])
+    run_prepare(ctx)
+    assert "1 zero-volume components left out" in capsys.readouterr().err
+    info = load_json(tmp_path / "run" / "fracture" / "fracture.json", "destruct.fracture/1")
+    assert info["repair"]["degenerate"] == report["degenerate"]
 
 
 def _refused(path, words, **kw):
@@ -199,23 +243,50 @@ def test_run_prepare_warns_about_repairs(tmp_path, capsys):
     assert "1 overlaps between parts removed" in capsys.readouterr().err
 
 
-def test_glb_scene_nodes_become_parts_with_their_transforms(tmp_path):
+def _node_scene():
+    """A 1 m^3 pillar (node "Pillar"), a 2 x 1 x 1 m cap on it ("Cap.001") and the same cap
+    geometry instanced once more on top ("Cap.002")."""
     scene = trimesh.Scene()
-    cube = box_mesh((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
-    scene.add_geometry(
-        cube, node_name="Pillar", transform=trimesh.transformations.translation_matrix([0, 0.5, 0])
-    )
-    scene.add_geometry(
-        cube, node_name="Cap.001", transform=trimesh.transformations.translation_matrix([0, 1.5, 0])
-    )
-    path = tmp_path / "two.glb"
-    path.write_bytes(scene.export(file_type="glb"))
-    parts, origin, _ = load_parts(path, materials={"Pillar": "steel"})
-    assert sorted(p.name for p in parts) == ["Cap_001_00", "Pillar_00"]  # no dots in names
+    move = trimesh.transformations.translation_matrix
+    cube, cap = box_mesh((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5)), box_mesh((0, 0, 0), (2, 1, 1))
+    scene.add_geometry(cube, node_name="Pillar", transform=move([0, 0.5, 0]))
+    scene.add_geometry(cap, node_name="Cap.001", geom_name="cap", transform=move([0, 1, 0]))
+    scene.graph.update(frame_to="Cap.002", matrix=move([0, 2, 0]), geometry="cap")
+    return scene
+
+
+@pytest.mark.parametrize("kind", ["glb", "gltf-bin-files", "gltf-base64"])
+def test_scene_nodes_become_parts_with_their_transforms(tmp_path, kind):
+    """glb, and text glTF with its buffers in .bin files or embedded as base64."""
+    scene = _node_scene()
+    if kind == "glb":
+        path = tmp_path / "two.glb"
+        path.write_bytes(scene.export(file_type="glb"))
+    else:
+        embed = kind == "gltf-base64"
+        files = scene.export(file_type="gltf", embed_buffers=embed)
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+        buffers = json.loads(files["model.gltf"])["buffers"]
+        assert all(b["uri"].startswith("data:") == embed for b in buffers)
+        assert len(files) == (1 if embed else 1 + len(buffers))
+        path = tmp_path / "model.gltf"
+    parts, origin, report = load_parts(path, materials={"Pillar": "steel"})
     by = {p.name: p for p in parts}
+    assert sorted(by) == ["Cap_001_00", "Cap_002_00", "Pillar_00"]  # no dots in names
     assert by["Pillar_00"].material == "steel" and by["Cap_001_00"].material == "concrete"
-    np.testing.assert_allclose(by["Cap_001_00"].mesh.bounds[:, 1], [1.0, 2.0], atol=1e-6)
-    np.testing.assert_allclose(origin, [0.0, 0.0, 0.0], atol=1e-6)
+    assert by["Pillar_00"].mesh.volume == pytest.approx(1.0, rel=1e-9)
+    assert by["Cap_001_00"].mesh.volume == pytest.approx(2.0, rel=1e-9)
+    assert report["volume"] == pytest.approx(5.0, rel=1e-9) and report["repaired"] == []
+    # x spans -0.5..2 and z -0.5..1 in the file: recentred on their middles, on the ground
+    np.testing.assert_allclose(origin, [0.75, 0.0, 0.25], atol=1e-6)
+    np.testing.assert_allclose(by["Pillar_00"].mesh.bounds, [[-1.25, 0, -0.75], [-0.25, 1, 0.25]])
+    np.testing.assert_allclose(by["Cap_001_00"].mesh.bounds, [[-0.75, 1, -0.25], [1.25, 2, 0.75]])
+    np.testing.assert_allclose(by["Cap_002_00"].mesh.bounds, [[-0.75, 2, -0.25], [1.25, 3, 0.75]])
+    if kind == "gltf-bin-files":  # a missing buffer file is one clear line naming it
+        (tmp_path / buffers[1]["uri"]).unlink()
+        msg = _refused(path, "not a readable .gltf mesh")
+        assert buffers[1]["uri"] in msg
 
 
 @pytest.mark.parametrize(
