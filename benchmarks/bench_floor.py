@@ -46,8 +46,10 @@ KERNELS: dict[str, tuple[tuple[str, bool], ...]] = {
     "narrowphase": (
         ("bf", False),
         ("si", False),
+        ("se", False),
         ("hv", False),
         ("hp", False),
+        ("he", False),
         ("pairs", True),
         ("pn", True),
         ("cf", True),

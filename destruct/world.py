@@ -47,7 +47,8 @@ def hull_data(points: np.ndarray) -> dict[str, np.ndarray | float]:
     """Convex hull of points: vertices, merged face planes, volume, centroid, second moment.
 
     Returns ``vertices (k, 3)``, ``planes (f, 4)`` (outward unit normal, offset: inside is
-    n.p <= d), ``volume`` [m^3], ``centroid (3,)`` and ``second_moment (3, 3)`` = integral of
+    n.p <= d), ``edges (e, 2)`` (vertex rows of each edge between two merged faces),
+    ``edge_faces (e, 2)`` (plane rows of the two faces that meet there), ``volume`` [m^3], ``centroid (3,)`` and ``second_moment (3, 3)`` = integral of
     p p^T dV about the origin [m^5].
     """
     from scipy.spatial import ConvexHull, QhullError
@@ -81,10 +82,28 @@ def hull_data(points: np.ndarray) -> dict[str, np.ndarray | float]:
     )
     second = (vol6[:, None, None] / 6.0 / 20.0 * outer).sum(0)
     planes = np.concatenate([nrm, -hull.equations[:, 3:]], axis=1)
-    _, keep = np.unique(np.round(planes, 9), axis=0, return_index=True)
+    _, keep, tri_plane = np.unique(
+        np.round(planes, 9), axis=0, return_index=True, return_inverse=True
+    )
+    row = np.empty(len(keep), dtype=np.int64)  # unique plane -> its row in the kept planes
+    row[np.argsort(keep)] = np.arange(len(keep))
+    face = row[tri_plane.reshape(-1)]  # (t,) merged face of each triangle
+    verts = np.sort(hull.vertices)
+    vrow = np.full(len(pts), -1, dtype=np.int64)
+    vrow[verts] = np.arange(len(verts))
+    # every triangle side is shared by two triangles; it is a hull edge where their faces differ
+    s = hull.simplices
+    sides = np.sort(np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [2, 0]]]), axis=1)
+    owner = np.tile(np.arange(len(s)), 3)
+    order = np.lexsort((sides[:, 1], sides[:, 0]))
+    sides, owner = sides[order][0::2], owner[order]
+    f0, f1 = face[owner[0::2]], face[owner[1::2]]
+    real = f0 != f1
     return {
-        "vertices": hull.points[np.sort(hull.vertices)],
+        "vertices": hull.points[verts],
         "planes": planes[np.sort(keep)],
+        "edges": vrow[sides[real]],
+        "edge_faces": np.stack([f0[real], f1[real]], axis=1),
         "volume": float(volume),
         "centroid": centroid,
         "second_moment": second,
@@ -127,13 +146,15 @@ class World:
         self.steps = 0
         self.injected_energy = 0.0  # [J] kinetic energy added by charges (for blow-up guards)
         self.breakable = True  # False: bonds hold whatever the load (stresses still measured)
-        _, bodies, _, _, bonds, _ = _k()
+        _, bodies, _, contacts, bonds, _ = _k()
         self._bf = np.zeros((0, bodies.NBF))
         self._bi = np.zeros((0, bodies.NBI), dtype=np.int32)
         self._sf = np.zeros((0, 4))
         self._si = np.zeros((0, 5), dtype=np.int32)
         self._hv = np.zeros((0, 3))
         self._hp = np.zeros((0, 4))
+        self._he = np.zeros((0, contacts.NHE))
+        self._se = np.zeros((0, 2), dtype=np.int32)
         self._bdf = np.zeros((0, bonds.NBD))
         self._bdi = np.zeros((0, bonds.NBDI), dtype=np.int32)
         self._broken_seen = np.zeros(0, dtype=bool)
@@ -141,9 +162,9 @@ class World:
         self._excluded = np.zeros((0, 2), dtype=np.int32)  # body pairs that never collide
         # rows added since the last flush (bulk adds stay O(n)): name -> list of arrays
         self._pending: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi")
+            k: [] for k in ("bf", "bi", "sf", "si", "se", "hv", "hp", "he", "mass", "bdf", "bdi")
         }
-        self._nbody = self._nbond = self._nhv = self._nhp = 0
+        self._nbody = self._nbond = self._nhv = self._nhp = self._nhe = 0
         self._dev: dict[str, Any] = {}
         self._host_fresh = True  # host tables hold the latest state
         self._upload = True  # host tables changed since the last upload
@@ -190,7 +211,7 @@ class World:
         render mesh). ``fixed``: never moves. ``kinematic``: moves with the velocity set by
         :meth:`set_kinematic`, pushes others and is not pushed.
         """
-        _, B, *_ = _k()
+        _, B, _, C, *_ = _k()
         hulls = (
             [vertices]
             if isinstance(vertices, np.ndarray) and vertices.ndim == 2
@@ -252,8 +273,18 @@ class World:
             pend["sf"].append(np.array([[*centre, r]]))
             pend["hv"].append(v)
             pend["hp"].append(p)
+            e, ef = d["edges"], d["edge_faces"]
+            he = np.zeros((len(e), C.NHE))
+            he[:, C.EP0 : C.EP0 + 3] = v[e[:, 0]]
+            he[:, C.EP1 : C.EP1 + 3] = v[e[:, 1]]
+            he[:, C.EN0 : C.EN0 + 3] = p[ef[:, 0], :3]
+            he[:, C.EN1 : C.EN1 + 3] = p[ef[:, 1], :3]
+            he[:, C.EX : C.EX + 3] = np.cross(p[ef[:, 1], :3], p[ef[:, 0], :3])
+            pend["he"].append(he)
+            pend["se"].append(np.array([[self._nhe, self._nhe + len(e)]], dtype=np.int32))
             self._nhv += len(v)
             self._nhp += len(p)
+            self._nhe += len(e)
         row[B.RAD] = radius
         flags = B.FIXED if fixed else (B.KINEMATIC if kinematic else 0)
         self._pending["bf"].append(row[None])
@@ -387,8 +418,8 @@ class World:
         launches: dict[str, Callable[[], None]] = {}
         if npairs:
             launches["narrowphase"] = lambda: contacts.narrowphase(
-                d["bf"], d["si"], d["hv"], d["hp"], h, CONTACT_MARGIN, npairs, d["pairs"],
-                d["pn"], d["cf"],
+                d["bf"], d["si"], d["se"], d["hv"], d["hp"], d["he"], h, CONTACT_MARGIN, npairs,
+                d["pairs"], d["pn"], d["cf"],
             )  # fmt: skip
         launches["build_units"] = lambda: solve.build_units(
             d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"], d["blist"], d["xstart"],
@@ -450,8 +481,10 @@ class World:
             contacts.narrowphase(
                 d["bf"],
                 d["si"],
+                d["se"],
                 d["hv"],
                 d["hp"],
+                d["he"],
                 dt,
                 CONTACT_MARGIN,
                 npairs,
@@ -521,7 +554,7 @@ class World:
         d = self._dev
         ns = len(self._si)
         if self._geometry_changed:
-            for name in ("sf", "hv", "hp", "si", "bf", "bi", "bdf", "bdi"):
+            for name in ("sf", "hv", "hp", "he", "si", "se", "bf", "bi", "bdf", "bdi"):
                 d[name] = None
             start, order = _bond_lists(self._bdi, self.num_bodies)
             d["bstart"] = _device(backend, start)
@@ -548,7 +581,9 @@ class World:
             ("sf", self._sf),
             ("hv", self._hv),
             ("hp", self._hp),
+            ("he", self._he),
             ("si", self._si),
+            ("se", self._se),
             ("bf", self._bf),
             ("bi", self._bi),
             ("bdf", self._bdf),
@@ -569,7 +604,7 @@ class World:
             self._host_fresh = True
         pend = self._pending
         if pend["bf"] or pend["bdf"]:
-            for name in ("bf", "bi", "sf", "si", "hv", "hp", "mass", "bdf", "bdi"):
+            for name in ("bf", "bi", "sf", "si", "se", "hv", "hp", "he", "mass", "bdf", "bdi"):
                 if pend[name]:
                     attr = "_" + name
                     setattr(self, attr, np.concatenate([getattr(self, attr), *pend[name]]))

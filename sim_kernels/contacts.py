@@ -1,16 +1,25 @@
 """Narrowphase (convex-convex and convex-ground contact manifolds) and the contact constraints.
 
 Hull tables: ``hv: (HV, 3) f64`` hull vertices in the body frame [m]; ``hp: (HF, 4) f64`` hull
-face planes in the body frame, outward unit normal (3) and offset [m]: inside is n.p <= d.
+face planes in the body frame, outward unit normal (3) and offset [m]: inside is n.p <= d;
+``he: (HE, NHE) f64`` hull edges in the body frame: end points EP0, EP1 [m], outward unit
+normals EN0, EN1 of the two faces that meet there and EX = EN1 x EN0 (their Gauss-map arc);
+``se: (S, 2) i32`` first / end edge row of each shape (rows as in ``si``).
 
-Per pair (rows of ``pairs``) the narrowphase finds the separating axis of least overlap among
-both hulls' face normals (SAT), then keeps the vertices of each hull that lie within the
-speculative margin of the other hull's extent along that axis and whose projection onto it
-falls inside the other hull: a face-on contact gives several points, so a box rests flat. At
-most MAXC points per pair (the extremes along two tangents, for each side). Edge-against-edge
-contacts have no such vertex and are missed (face normals alone cannot tell an edge-edge
-overlap from a separation along an edge-edge axis, and a guessed contact there throws the
-pieces apart).
+Per pair (rows of ``pairs``) the narrowphase finds the separating axis of least overlap (SAT)
+among both hulls' face normals and the cross products of edge pairs (Gregorius, "The
+separating axis test between convex polyhedra", GDC 2013). Only edge pairs whose Gauss-map arcs
+cross form a face of the Minkowski difference and give an axis: for those the edges are the
+supports along it, so the separation is exact; the rest are skipped with two dot products.
+An edge axis wins only when it is shallower than the best face axis by EDGE_REL of that depth
+plus EDGE_TOL, so a resting face keeps its face manifold.
+Face axis: the vertices of each hull that lie within the speculative margin of the other
+hull's extent along that axis and whose projection onto it falls inside the other hull: a
+face-on contact gives several points, so a box rests flat. At most MAXC points per pair (the
+extremes along two tangents, for each side). When no vertex qualifies (faces crossing like a
+plus sign), the points are where the two hulls' edges cross seen along the axis (at most 4,
+the extremes along the same tangents). Edge axis: one point, the closest points of the two
+edges, with the same speculative margin.
 Contact rows (``cf: (P * MAXC, NCF) f64``): RA point on A in A's body frame, RB point on B in
 B's body frame (world point for the ground), LAM normal multiplier of the last substep [kg m], JN normal impulse of its
 velocity pass [N s].
@@ -24,7 +33,20 @@ and static-friction correction per substep, then a velocity pass for dynamic fri
 restitution.
 """
 
-from sim_kernels.backend import F2, I2, f64, get3, get4, quat_conj, quat_rotate, set3, ti, vec3
+from sim_kernels.backend import (
+    F2,
+    I2,
+    f64,
+    get3,
+    get4,
+    quat_conj,
+    quat_matrix,
+    quat_mul,
+    quat_rotate,
+    set3,
+    ti,
+    vec3,
+)
 from sim_kernels.bodies import (
     MU,
     QP,
@@ -45,6 +67,11 @@ RA, RB, LAM, JN = 0, 3, 6, 7
 NCF = 8
 PN_LAM, PN_JN, PN_LEFT = 3, 4, 5
 NPN = 6
+EP0, EP1, EN0, EN1, EX = 0, 3, 6, 9, 12
+NHE = 15
+EDGE_REL = 0.1  # an edge axis must be shallower than the best face axis by this share of its
+EDGE_TOL = 2.5e-3  # depth plus this [m] (Gregorius 2013: faces give the steadier manifold)
+EDGE_PARALLEL = 1e-3  # sine below which two edges count as parallel (their axis is undefined)
 IMPACT_SPEED = 1.0  # m/s: approach speeds above this damage the bonds of both bodies
 MAX_DEPENETRATION = 2.0  # m/s: fastest a contact pushes overlapping bodies apart
 
@@ -89,6 +116,15 @@ def _extent(bf: ti.template(), b, hv: ti.template(), v0, v1, n, sign):
 
 
 @ti.func
+def _extent_local(hv: ti.template(), v0, v1, nl, sign):
+    """max (sign=1) or min (sign=-1) of nl . v over the hull's body-frame vertices."""
+    e = -1e30
+    for k in range(v0, v1):
+        e = ti.max(e, sign * nl.dot(get3(hv, k, 0)))
+    return sign * e
+
+
+@ti.func
 def _extremes(bv, best, k, u1, u2, p):
     """Track the vertex k furthest along +-u1 and +-u2 (the corners of a face)."""
     e = ti.Vector([u1.dot(p), -u1.dot(p), u2.dot(p), -u2.dot(p)], dt=f64)
@@ -99,12 +135,147 @@ def _extremes(bv, best, k, u1, u2, p):
     return bv, best
 
 
+@ti.func
+def _edge_query(
+    bf: ti.template(),
+    si: ti.template(),
+    se: ti.template(),
+    hv: ti.template(),
+    he: ti.template(),
+    a,
+    b,
+    sa,
+    sb,
+    n,
+    slack,
+):
+    """Best edge-edge axis of the hulls of shapes sa (body a) and sb (body b).
+
+    Works in A's body frame (B's edges turned into it once each). Only edges reaching into
+    the slab where the hulls overlap along the best face axis n (from B towards A), grown by
+    ``slack`` [m], are tried: the closest points of a touching or shallower edge pair lie in
+    it. Returns (separation [m], edge row on A, edge row on B, world unit axis pointing out
+    of A); rows -1 when no edge pair forms a face of the Minkowski difference.
+    """
+    qa = get4(bf, a, Q)
+    rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))  # B frame -> A frame
+    t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
+    nl = quat_rotate(quat_conj(qa), n)
+    top_b = -1e30  # B's extent towards A and A's towards B along n, in A's frame
+    for k in range(si[sb, 1], si[sb, 2]):
+        top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
+    low_a = 1e30
+    for k in range(si[sa, 1], si[sa, 2]):
+        low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
+    ea0 = se[sa, 0]
+    ea1 = se[sa, 1]
+    mask = ti.u64(0)  # bit i: A's edge ea0 + i reaches the slab (edges past 64 always try)
+    for i in range(ea0, ti.min(ea1, ea0 + 64)):
+        if ti.min(nl.dot(get3(he, i, EP0)), nl.dot(get3(he, i, EP1))) <= top_b + slack:
+            mask |= ti.u64(1) << ti.u64(i - ea0)
+    best = -1e30
+    bi = -1
+    bj = -1
+    bn = vec3(0.0)
+    for j in range(se[sb, 0], se[sb, 1]):
+        q0 = rel @ get3(he, j, EP0) + t
+        q1 = rel @ get3(he, j, EP1) + t
+        if ti.max(nl.dot(q0), nl.dot(q1)) < low_a - slack:
+            continue
+        # Gauss-map arc of B's edge in the Minkowski difference A - B: normals negated
+        c = -(rel @ get3(he, j, EN0))
+        d = -(rel @ get3(he, j, EN1))
+        dxc = rel @ get3(he, j, EX)
+        eb = q1 - q0
+        lb = eb.norm()
+        for i in range(ea0, ea1):
+            if i - ea0 < 64 and (mask >> ti.u64(i - ea0)) & ti.u64(1) == ti.u64(0):
+                continue
+            bxa = get3(he, i, EX)
+            cba = c.dot(bxa)
+            dba = d.dot(bxa)
+            if cba * dba < 0.0:
+                na = get3(he, i, EN0)
+                nb = get3(he, i, EN1)
+                adc = na.dot(dxc)
+                bdc = nb.dot(dxc)
+                if adc * bdc < 0.0 and cba * bdc > 0.0:
+                    p0 = get3(he, i, EP0)
+                    ea = get3(he, i, EP1) - p0
+                    ax = ea.cross(eb)
+                    ln = ax.norm()
+                    if ln > EDGE_PARALLEL * ea.norm() * lb:
+                        ax = ax / ln
+                        if ax.dot(na + nb) < 0.0:
+                            ax = -ax
+                        sep = ax.dot(q0 - p0)
+                        if sep > best:
+                            best = sep
+                            bi = i
+                            bj = j
+                            bn = ax
+    return best, bi, bj, quat_rotate(qa, bn)
+
+
+@ti.func
+def _closest_on_segments(p0, p1, q0, q1):
+    """Closest points of segments p0-p1 and q0-q1 (Ericson 2005, 5.1.9); both non-degenerate."""
+    d1 = p1 - p0
+    d2 = q1 - q0
+    r = p0 - q0
+    aa = d1.dot(d1)
+    ee = d2.dot(d2)
+    ff = d2.dot(r)
+    cc = d1.dot(r)
+    bb = d1.dot(d2)
+    den = aa * ee - bb * bb
+    s = 0.0
+    if den > 1e-12 * aa * ee:
+        s = ti.min(ti.max((bb * ff - cc * ee) / den, 0.0), 1.0)
+    u = (bb * s + ff) / ee
+    if u < 0.0:
+        u = 0.0
+        s = ti.min(ti.max(-cc / aa, 0.0), 1.0)
+    elif u > 1.0:
+        u = 1.0
+        s = ti.min(ti.max((bb - cc) / aa, 0.0), 1.0)
+    return p0 + s * d1, q0 + u * d2
+
+
+@ti.func
+def _crossing(p0, p1, q0, q1, t1, t2):
+    """Where segments p0-p1 and q0-q1 cross seen in the plane of tangents t1, t2.
+
+    Returns (1 when they cross, the crossing point on the first, that on the second)."""
+    d1 = p1 - p0
+    d2 = q1 - q0
+    r = q0 - p0
+    a1 = d1.dot(t1)
+    a2 = d1.dot(t2)
+    b1 = d2.dot(t1)
+    b2 = d2.dot(t2)
+    r1 = r.dot(t1)
+    r2 = r.dot(t2)
+    den = a1 * b2 - a2 * b1
+    ok = 0
+    s = 0.0
+    u = 0.0
+    if ti.abs(den) > EDGE_PARALLEL * ti.sqrt((a1 * a1 + a2 * a2) * (b1 * b1 + b2 * b2)):
+        s = (r1 * b2 - r2 * b1) / den
+        u = (r1 * a2 - r2 * a1) / den
+        if s >= 0.0 and s <= 1.0 and u >= 0.0 and u <= 1.0:
+            ok = 1
+    return ok, p0 + s * d1, q0 + u * d2
+
+
 @ti.kernel
 def narrowphase(
     bf: F2,
     si: I2,
+    se: I2,
     hv: F2,
     hp: F2,
+    he: F2,
     dt: f64,
     margin: f64,
     npairs: ti.i32,
@@ -135,10 +306,13 @@ def narrowphase(
                     own = b
                     other = a
                 so = sh[1 - side]
+                qo = quat_conj(get4(bf, other, Q))
                 for f in range(si[sh[side], 3], si[sh[side], 4]):
                     nw = quat_rotate(get4(bf, own, Q), vec3(hp[f, 0], hp[f, 1], hp[f, 2]))
                     dw = hp[f, 3] + nw.dot(get3(bf, own, X))
-                    sep = _extent(bf, other, hv, si[so, 1], si[so, 2], nw, -1.0) - dw
+                    # the other hull's extent along nw, taken in its own frame
+                    lo = _extent_local(hv, si[so, 1], si[so, 2], quat_rotate(qo, nw), -1.0)
+                    sep = lo + nw.dot(get3(bf, other, X)) - dw
                     if sep > best_sep:
                         best_sep = sep
                         n = nw
@@ -147,7 +321,22 @@ def narrowphase(
         m = margin + speed * dt
         nc = 0
         row0 = p * MAXC
-        if best_sep < m:
+        edge = 0  # 1: an edge axis won; 2: it stands in for a face axis that found no points
+        esep = 1e30
+        ei = -1
+        ej = -1
+        ax = vec3(0.0)
+        if b >= 0 and best_sep < m:
+            esep, ei, ej, ax = _edge_query(
+                bf, si, se, hv, he, a, b, sh[0], sh[1], n, m + ti.max(-best_sep, 0.0)
+            )
+            if ei >= 0 and esep > best_sep + EDGE_REL * ti.abs(best_sep) + EDGE_TOL:
+                edge = 1
+                n = -ax
+                best_sep = esep
+            elif esep >= m:
+                best_sep = esep  # an edge axis separates the pair beyond the margin
+        if edge == 0 and best_sep < m:
             t1, t2 = _tangents(n)
             u1 = 0.921 * t1 + 0.389 * t2  # a turned basis: no ties on axis-aligned faces
             u2 = -0.389 * t1 + 0.921 * t2
@@ -200,6 +389,74 @@ def narrowphase(
                             set3(cf, row0 + nc, RB, get3(hv, k, 0))
                         cf[row0 + nc, LAM] = 0.0
                         nc += 1
+        if edge == 0 and nc == 0 and b >= 0 and best_sep < m:
+            # faces that cross like a plus sign: no vertex of either projects inside the other,
+            # the corners of the overlap are where their edges cross (seen along n)
+            # in A's body frame: B's edges turned into it once each, A's read as they are
+            qa = get4(bf, a, Q)
+            rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))
+            t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
+            nl = quat_rotate(quat_conj(qa), n)
+            t1, t2 = _tangents(nl)
+            u1 = 0.921 * t1 + 0.389 * t2
+            u2 = -0.389 * t1 + 0.921 * t2
+            bi = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
+            bj = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
+            bv = ti.Vector([-1e30, -1e30, -1e30, -1e30], dt=f64)
+            # a crossing within the margin needs both edges within it of the other hull
+            top_b = -1e30  # B's extent towards A and A's towards B along n (A frame)
+            for k in range(si[sh[1], 1], si[sh[1], 2]):
+                top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
+            low_a = 1e30
+            for k in range(si[sh[0], 1], si[sh[0], 2]):
+                low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
+            for j in range(se[sh[1], 0], se[sh[1], 1]):
+                q0 = rel @ get3(he, j, EP0) + t
+                q1 = rel @ get3(he, j, EP1) + t
+                if ti.max(nl.dot(q0), nl.dot(q1)) < low_a - m:
+                    continue
+                for i in range(se[sh[0], 0], se[sh[0], 1]):
+                    p0 = get3(he, i, EP0)
+                    p1 = get3(he, i, EP1)
+                    if ti.min(nl.dot(p0), nl.dot(p1)) > top_b + m:
+                        continue
+                    ok, pa, pb = _crossing(p0, p1, q0, q1, t1, t2)
+                    if ok != 0 and nl.dot(pb - pa) > -m:
+                        e = ti.Vector([u1.dot(pa), -u1.dot(pa), u2.dot(pa), -u2.dot(pa)], dt=f64)
+                        for k in ti.static(range(4)):
+                            if e[k] > bv[k]:
+                                bv[k] = e[k]
+                                bi[k] = i
+                                bj[k] = j
+            for k in range(4):
+                dup = 0
+                for kk in range(k):
+                    if bi[kk] == bi[k] and bj[kk] == bj[k]:
+                        dup = 1
+                if bi[k] >= 0 and dup == 0:
+                    _, pa, pb = _crossing(
+                        get3(he, bi[k], EP0),
+                        get3(he, bi[k], EP1),
+                        rel @ get3(he, bj[k], EP0) + t,
+                        rel @ get3(he, bj[k], EP1) + t,
+                        t1,
+                        t2,
+                    )
+                    set3(cf, row0 + nc, RA, pa)
+                    set3(cf, row0 + nc, RB, _local(bf, b, _world(bf, a, pb)))
+                    cf[row0 + nc, LAM] = 0.0
+                    nc += 1
+        if edge != 0 and esep < m:
+            pa, pb = _closest_on_segments(
+                _world(bf, a, get3(he, ei, EP0)),
+                _world(bf, a, get3(he, ei, EP1)),
+                _world(bf, b, get3(he, ej, EP0)),
+                _world(bf, b, get3(he, ej, EP1)),
+            )
+            set3(cf, row0, RA, _local(bf, a, pa))
+            set3(cf, row0, RB, _local(bf, b, pb))
+            cf[row0, LAM] = 0.0
+            nc = 1
         set3(pn, p, 0, n)
         pairs[p, 2] = nc
 

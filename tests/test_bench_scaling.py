@@ -73,6 +73,8 @@ def test_substep_traffic_counts_live_rows_once_per_read_and_write(ti):
         "si": i(2, 5),
         "hv": f(16, 3),
         "hp": f(12, 4),
+        "se": i(2, 2),
+        "he": f(24, 15),
         "pairs": i(10, 4),
         "pn": f(10, 6),
         "cf": f(80, 8),
@@ -86,8 +88,9 @@ def test_substep_traffic_counts_live_rows_once_per_read_and_write(ti):
         "count": i(1),
     }
     t = substep_traffic(dev, npairs=3, npoints=5, nunits=2, iterations=8)
-    # read: bf 800, si 40, hv 384, hp 384; read + write: pairs 3 x 16, pn 3 x 48, cf 5 x 64
-    assert t["bytes_narrowphase"] == 800 + 40 + 384 + 384 + 2 * (48 + 144 + 320)
+    # read: bf 800, si 40, se 16, hv 384, hp 384, he 2880; read + write: pairs 3 x 16,
+    # pn 3 x 48, cf 5 x 64
+    assert t["bytes_narrowphase"] == 800 + 40 + 16 + 384 + 384 + 2880 + 2 * (48 + 144 + 320)
     # read: bi 32, si 40, pairs 48, bdi 12, lists 12 + 4 + 12 + 4; written: units 2 x 8, count 4
     assert t["bytes_build_units"] == 32 + 40 + 48 + 12 + 32 + 2 * (16 + 4)
     # written: bf, pn, cf, bdf (200); read: bi, si, pairs, bdi, units

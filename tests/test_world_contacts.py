@@ -202,3 +202,81 @@ def test_state_round_trip_continues_bit_identically():
     assert np.array_equal(a.positions(), b.positions())
     assert np.array_equal(a.angular_velocities(), b.angular_velocities())
     assert a.steps == b.steps
+
+
+def _hull_points(w: World, body: int, local: np.ndarray) -> np.ndarray:
+    """(n, 3) world points of a body-frame point set at the body's current pose."""
+    q = w.rotations()[body]
+    u, s = q[1:], q[0]
+    t = 2.0 * np.cross(u, local)
+    return w.positions()[body] + local + s * t + np.cross(u, t)
+
+
+def penetration(pa: np.ndarray, pb: np.ndarray) -> float:
+    """Penetration depth of two convex hulls [m] (< 0: their gap): the origin's depth inside
+    the Minkowski difference A - B, independent of the narrowphase."""
+    from scipy.spatial import ConvexHull
+
+    return float(-ConvexHull((pa[:, None] - pb[None]).reshape(-1, 3)).equations[:, 3].max())
+
+
+def _crossed_boxes(gravity: tuple[float, float, float], drop: float, speed: float):
+    """A fixed box turned 45 deg about z (top edge along z at y = sqrt 2) and a box turned
+    45 deg about x above it (bottom edge along x): the edges meet crossed, with no vertex of
+    either inside the other."""
+    c, s = math.cos(math.pi / 8), math.sin(math.pi / 8)
+    w = World(gravity=gravity, ground=False, backend="cpu")
+    low = w.add_body(box(0.5, 0.5, 0.5), position=(0, 0, 0), rotation=(c, 0, 0, s), fixed=True)
+    top = w.add_body(
+        box(0.5, 0.5, 0.5),
+        density=1000.0,
+        position=(0, 2 * math.sqrt(0.5) + drop, 0),
+        rotation=(c, s, 0, 0),
+        velocity=(0, -speed, 0),
+    )
+    return w, low, top
+
+
+def test_crossed_edges_dropped_rest_on_the_edge():
+    w, low, top = _crossed_boxes((0, -G, 0), drop=0.2, speed=2.0)
+    corners = box(0.5, 0.5, 0.5)
+    deepest, lowest = -1.0, 1e9
+    for _ in range(48):
+        w.step(1 / FPS, 8)
+        pa, pb = _hull_points(w, top, corners), _hull_points(w, low, corners)
+        deepest = max(deepest, penetration(pa, pb))
+        lowest = min(lowest, pa[:, 1].min())
+    # without edge-edge contacts the top box sank 0.43 m into the lower one and was thrown
+    # 6 m aside; with them the edges touch, and the top box (centre of mass above the
+    # crossing, a vertical normal through it) balances on the crossing at rest
+    assert deepest < 0.01
+    assert lowest > math.sqrt(2) * 0.5 - 0.01
+    assert np.linalg.norm(w.velocities()[top]) < 0.05
+    assert abs(w.positions()[top, 1] - 2 * math.sqrt(0.5)) < 0.01
+
+
+def test_crossed_edges_pushed_together_bounce_without_overlap():
+    w, low, top = _crossed_boxes((0, 0, 0), drop=0.3, speed=3.0)
+    corners = box(0.5, 0.5, 0.5)
+    deepest = -1.0
+    for _ in range(24):
+        w.step(1 / FPS, 8)
+        deepest = max(
+            deepest, penetration(_hull_points(w, top, corners), _hull_points(w, low, corners))
+        )
+    assert deepest < 0.01
+    v = w.velocities()[top]
+    assert v[1] > 0.0  # it came back off the fixed box's edge ...
+    assert np.linalg.norm(v[[0, 2]]) < 1e-6  # ... straight up: a vertical normal, no torque
+
+
+def test_box_on_box_rests_flat_on_a_face_manifold():
+    w = World(backend="cpu")
+    w.add_body(box(0.5, 0.5, 0.5), position=(0, 0.5, 0), fixed=True)
+    b = w.add_body(box(0.4, 0.3, 0.4), density=800.0, position=(0.1, 1.3, 0.05))
+    npairs = w._detect(1 / FPS / 8)  # touching: the manifold of the first substep
+    pairs = w._dev["pairs"].to_numpy()[:npairs]
+    assert pairs[:, 2].max() >= 4  # the resting face gives its corners, not one edge point
+    run(w, 1.0)
+    assert abs(w.positions()[b, 1] - 1.3) < 2e-3
+    assert 1.0 - abs(w.rotations()[b, 0]) < 1e-6  # still flat
