@@ -204,7 +204,7 @@ def _run_stage(
         say(f"{name}: skipped (disabled in the shot)")
         return False
     fn = entry_point(stage)
-    resources.check(shot, stage)
+    resources.check(shot, stage, backend=backend)
     stage_frames = frame_list if stage in PER_FRAME else shot.frame_numbers()
     same_inputs = entry.get("inputs_hash") == h
     if not same_inputs or force:

@@ -2,20 +2,23 @@
 
 An uninterrupted run is the reference. A second clean run must give identical files (determinism:
 caches, passes and refined frames, bit for bit on the CPU). A third run is killed with SIGKILL at
-random moments (in simulate, render and refine) at least 10 times, then run to the end: every
-file under fracture/, sim/, passes/ and refine/ must equal the reference, and no temporary file
-may remain.
+moments aimed at simulate, render and refine (at least 2 kills landing in each, 10 in all), then
+run to the end: every file under fracture/, sim/, passes/ and refine/ must equal the reference,
+and no temporary file may remain.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,10 +80,11 @@ def shot_file(tmp_path_factory):
     return p
 
 
-def _run(shot: Path, out: Path) -> subprocess.Popen:
+def _run(shot: Path, out: Path, *, quiet: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYOPENGL_PLATFORM": "egl"}
     return subprocess.Popen(
-        [sys.executable, "-m", "destruct.cli", "run", str(shot), "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "destruct.cli", "run", str(shot), "--out", str(out)]
+        + (["--quiet"] if quiet else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -122,23 +126,117 @@ def test_same_shot_twice_gives_identical_files(shot_file, reference, tmp_path):
     assert {k for k in a if a[k] != b[k]} == set()
 
 
+def _stages(run_dir: Path) -> dict[str, dict]:
+    p = run_dir / "manifest.json"
+    return json.loads(p.read_text()).get("stages", {}) if p.exists() else {}
+
+
+def _frames_done(run_dir: Path, stage: str) -> int:
+    return len(_stages(run_dir).get(stage, {}).get("frames_done", []))
+
+
+class _Stages:
+    """The stage lines (``render: running``, ``render: done in 1.4 s``) a run prints on stderr,
+    read by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.strip())
+
+    def started(self) -> str | None:
+        """The stage this process started last, unless it has finished it."""
+        for line in reversed(self.lines):
+            name, _, state = line.partition(": ")
+            if name in STAGES:
+                return name if state == "running" else None
+        return None
+
+    def wait_for(self, stage: str, timeout: float = 600) -> bool:
+        """True once ``stage`` is running in this process; False when the process ended first."""
+        t0 = time.monotonic()
+        while self.proc.poll() is None and time.monotonic() - t0 < timeout:
+            if f"{stage}: running" in self.lines:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> str:
+        self._thread.join(timeout=10)
+        return "\n".join(self.lines)
+
+
+STAGES = ("prepare", "simulate", "render", "refine", "encode")
+KILL_STAGES = ("simulate", "render", "refine")
+#: render records each frame as it is written (refine records its frames once all windows are
+#: refined, so a kill after its first recorded frame would land at the stage's very end)
+BY_FRAME = ("render",)
+#: kills aimed at each stage per run folder (a stage that finished takes no more kills there)
+PER_FOLDER = {"simulate": 2, "render": 2, "refine": 3}
+
+
 @pytest.mark.slow
 def test_killed_runs_resume_to_identical_files(shot_file, reference, tmp_path):
-    ref, seconds = reference
+    """Each kill is aimed at a stage: once that stage's ``running`` line appears, the run is
+    killed after a random share (10 to 50 %) of the reference run's time for the stage or, for
+    every other kill in render, within 10 % of it after this process recorded a frame (so a
+    stage with frames done resumes). The stage
+    it hit is the one the process last started and, by the manifest frozen after the kill, had not
+    finished; a kill that missed (the stage ended first) is counted as "between stages"."""
+    ref, _ = reference
+    ref_seconds = {s: _stages(ref)[s]["seconds"] for s in KILL_STAGES}
     rng = random.Random(11)
-    kills, folders = 0, []
-    while kills < 10:
+    hits: list[str] = []
+    details: list[str] = []
+    folders: list[Path] = []
+
+    def enough() -> bool:
+        return len(hits) >= 10 and all(hits.count(s) >= 2 for s in KILL_STAGES)
+
+    while not enough():
+        assert len(folders) < 4, f"kills did not land where aimed: {hits}"
         out = tmp_path / f"killed{len(folders)}"
         folders.append(out)
-        while kills < 10:
-            p = _run(shot_file, out)
-            time.sleep(rng.uniform(1.0, max(1.5, seconds * 0.6)))
-            if p.poll() is not None:  # it finished first: check this folder, continue in a new one
-                assert p.returncode == 0, p.stderr.read()
+        aimed = dict.fromkeys(KILL_STAGES, 0)
+        while not enough():
+            done = {k for k, e in _stages(out).items() if e.get("status") == "done"}
+            todo = [s for s in KILL_STAGES if s not in done and aimed[s] < PER_FOLDER[s]]
+            if not todo:
                 break
+            target = todo[0]
+            p = _run(shot_file, out, quiet=False)
+            lines = _Stages(p)
+            if not lines.wait_for(target):  # it ended first: check this folder, go on in a new one
+                if p.poll() is None:
+                    p.kill()
+                    pytest.fail(f"{target} did not start within 600 s: {lines.close()}")
+                assert p.returncode == 0, lines.close()
+                break
+            if target in BY_FRAME and aimed[target] % 2:  # every other one after a new frame
+                before = _frames_done(out, target)
+                while p.poll() is None and _frames_done(out, target) <= before:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.1) * ref_seconds[target])
+            else:
+                time.sleep(rng.uniform(0.1, 0.5) * ref_seconds[target])
             p.send_signal(signal.SIGKILL)
             p.wait()
-            kills += 1
+            lines.close()
+            aimed[target] += 1
+            hit, frozen = lines.started(), _stages(out)
+            if hit is None or frozen.get(hit, {}).get("status") == "done":
+                hit = "between stages"
+            hits.append(hit)
+            frames = _frames_done(out, hit)
+            details.append(f"{hit}" + (f" ({frames} frames done)" if frames else ""))
+    print(f"{len(hits)} kills in {len(folders)} run folders: {dict(Counter(hits))}: {details}")
+    assert len(hits) >= 10
+    assert all(hits.count(s) >= 2 for s in KILL_STAGES), hits
+
     ref_digest = digest(ref)
     for out in folders:
         _finish(shot_file, out)
