@@ -172,23 +172,27 @@ class _Stages:
 
 STAGES = ("prepare", "simulate", "render", "refine", "encode")
 KILL_STAGES = ("simulate", "render", "refine")
-#: render records each frame as it is written (refine records its frames once all windows are
-#: refined, so a kill after its first recorded frame would land at the stage's very end)
-BY_FRAME = ("render",)
+#: Stages aimed at by their progress: the files they write one by one. A kill lands after 0 to 2
+#: more of them appear (plus up to 50 ms). Their reference times are no guide: the reference
+#: run also compiled the Taichi and numba kernels, which later runs load from their caches.
+PROGRESS = {"simulate": "sim/frame.*.npz", "render": "passes/*.exr"}
 #: kills aimed at each stage per run folder (a stage that finished takes no more kills there)
 PER_FOLDER = {"simulate": 2, "render": 2, "refine": 3}
+
+
+def _count(out: Path, pattern: str) -> int:
+    return len(list(out.glob(pattern)))
 
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_identical_files(shot_file, reference, tmp_path):
     """Each kill is aimed at a stage: once that stage's ``running`` line appears, the run is
-    killed after a random share (10 to 50 %) of the reference run's time for the stage or, for
-    every other kill in render, within 10 % of it after this process recorded a frame (so a
-    stage with frames done resumes). The stage
+    killed after 0 to 2 more of its files appear (simulate, render: see ``PROGRESS``) or after
+    a random share (10 to 50 %) of the reference run's time for the stage (refine). The stage
     it hit is the one the process last started and, by the manifest frozen after the kill, had not
     finished; a kill that missed (the stage ended first) is counted as "between stages"."""
     ref, _ = reference
-    ref_seconds = {s: _stages(ref)[s]["seconds"] for s in KILL_STAGES}
+    ref_seconds = {s: _stages(ref)[s]["seconds"] for s in KILL_STAGES if s not in PROGRESS}
     rng = random.Random(11)
     hits: list[str] = []
     details: list[str] = []
@@ -216,12 +220,16 @@ def test_killed_runs_resume_to_identical_files(shot_file, reference, tmp_path):
                     pytest.fail(f"{target} did not start within 600 s: {lines.close()}")
                 assert p.returncode == 0, lines.close()
                 break
-            if target in BY_FRAME and aimed[target] % 2:  # every other one after a new frame
-                before = _frames_done(out, target)
-                while p.poll() is None and _frames_done(out, target) <= before:
-                    time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.1) * ref_seconds[target])
-            else:
+            if target in PROGRESS:
+                goal = _count(out, PROGRESS[target]) + rng.randint(0, 2)
+                while (
+                    p.poll() is None
+                    and lines.started() == target
+                    and _count(out, PROGRESS[target]) < goal
+                ):
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0.0, 0.05))
+            else:  # refine writes its frames once all windows are done: aim by its time
                 time.sleep(rng.uniform(0.1, 0.5) * ref_seconds[target])
             p.send_signal(signal.SIGKILL)
             p.wait()

@@ -258,7 +258,7 @@ TINY_SHOT = {
         }
     },
     "fracture": {"pieces": 8},
-    "sim": {"backend": "cpu", "threads": 1, "preroll": 0.0},
+    "sim": {"backend": "cpu", "preroll": 0.0},  # all threads, like the other in-process tests
     "output": {"usd": True},
 }
 
