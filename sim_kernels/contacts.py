@@ -63,6 +63,7 @@ from sim_kernels.bodies import (
 )
 
 MAXC = 8
+NDIR = 7  # slots of a face manifold (see _keep; <= MAXC)
 RA, RB, LAM, JN = 0, 3, 6, 7
 NCF = 8
 PN_LAM, PN_JN, PN_LEFT = 3, 4, 5
@@ -96,17 +97,6 @@ def _local(bf: ti.template(), b, p):
 
 
 @ti.func
-def _inside(bf: ti.template(), b, hp: ti.template(), f0, f1, p, tol) -> ti.i32:
-    """1 when world point p lies inside hull [f0, f1) of body b, grown by tol."""
-    lp = _local(bf, b, p)
-    r = 1
-    for f in range(f0, f1):
-        if vec3(hp[f, 0], hp[f, 1], hp[f, 2]).dot(lp) - hp[f, 3] > tol:
-            r = 0
-    return r
-
-
-@ti.func
 def _extent(bf: ti.template(), b, hv: ti.template(), v0, v1, n, sign):
     """max (sign=1) or min (sign=-1) of n . v over the hull's world vertices."""
     e = -1e30
@@ -122,17 +112,6 @@ def _extent_local(hv: ti.template(), v0, v1, nl, sign):
     for k in range(v0, v1):
         e = ti.max(e, sign * nl.dot(get3(hv, k, 0)))
     return sign * e
-
-
-@ti.func
-def _extremes(bv, best, k, u1, u2, p):
-    """Track the vertex k furthest along +-u1 and +-u2 (the corners of a face)."""
-    e = ti.Vector([u1.dot(p), -u1.dot(p), u2.dot(p), -u2.dot(p)], dt=f64)
-    for m in ti.static(range(4)):
-        if e[m] > bv[m]:
-            bv[m] = e[m]
-            best[m] = k
-    return bv, best
 
 
 @ti.func
@@ -268,6 +247,62 @@ def _crossing(p0, p1, q0, q1, t1, t2):
     return ok, p0 + s * d1, q0 + u * d2
 
 
+@ti.func
+def _cast(bf: ti.template(), b, hp: ti.template(), f0, f1, p, d, tol):
+    """The line p + t d (world, d unit) against hull [f0, f1) of body b.
+
+    Returns (1 when the line passes through the hull grown by tol, the t where it leaves the
+    hull): for a point of another hull, its depth along d below this hull's surface there
+    (negative: a gap). The hull's extent along d is the depth only under its extreme vertex;
+    a tilted face pushed at that depth everywhere turns the bodies the wrong way.
+    """
+    lp = _local(bf, b, p)
+    ld = quat_rotate(quat_conj(get4(bf, b, Q)), d)
+    t_out = 1e30
+    t_out_g = 1e30
+    t_in_g = -1e30
+    hit = 1
+    for f in range(f0, f1):
+        nf = vec3(hp[f, 0], hp[f, 1], hp[f, 2])
+        den = nf.dot(ld)
+        gap = hp[f, 3] - nf.dot(lp)  # >= 0 on the inner side of face f
+        if den > 1e-9:
+            t_out = ti.min(t_out, gap / den)
+            t_out_g = ti.min(t_out_g, (gap + tol) / den)
+        elif den < -1e-9:
+            t_in_g = ti.max(t_in_g, (gap + tol) / den)
+        elif gap + tol < 0.0:
+            hit = 0
+    if t_in_g > t_out_g:
+        hit = 0
+    return hit, t_out
+
+
+@ti.func
+def _keep(bv, bid, spa, spb, cid, u1, u2, q, pa, pb, depth):
+    """Keep candidate cid (tangent position q, world points pa on A, pb on B, depth along the
+    normal) in the slots where it is the best so far: the furthest along each of 6 tangent
+    directions (a hexagon: the corners of the contact region), and the deepest. Without the
+    last, the speculative ring of a fast pair takes the extremes and a deep vertex inside it
+    goes unseen.
+    """
+    c = 0.5 * u1
+    d = 0.8660254037844386 * u2
+    e = ti.Vector(
+        [u1.dot(q), -u1.dot(q), (c + d).dot(q), -(c + d).dot(q), (c - d).dot(q), -(c - d).dot(q)]
+        + [depth],
+        dt=f64,
+    )
+    for j in ti.static(range(NDIR)):
+        if e[j] > bv[j]:
+            bv[j] = e[j]
+            bid[j] = cid
+            for k in ti.static(range(3)):
+                spa[j, k] = pa[k]
+                spb[j, k] = pb[k]
+    return bv, bid, spa, spb
+
+
 @ti.kernel
 def narrowphase(
     bf: F2,
@@ -337,12 +372,20 @@ def narrowphase(
             elif esep >= m:
                 best_sep = esep  # an edge axis separates the pair beyond the margin
         if edge == 0 and best_sep < m:
+            # candidates: each hull's vertices cast along n onto the other's surface, and
+            # (hull pairs) the crossings of their edges seen along n; the manifold keeps the
+            # extremes along 6 tangent directions and the deepest
             t1, t2 = _tangents(n)
             u1 = 0.921 * t1 + 0.389 * t2  # a turned basis: no ties on axis-aligned faces
             u2 = -0.389 * t1 + 0.921 * t2
             tol = 1e-4 + 0.02 * rad
+            bv = ti.Vector([-1e30] * NDIR, dt=f64)
+            bid = ti.Vector([-1] * NDIR, dt=ti.i32)
+            spa = ti.Matrix([[0.0] * 3] * NDIR, dt=f64)  # world points on A / B of each slot
+            spb = ti.Matrix([[0.0] * 3] * NDIR, dt=f64)
+            cid = 0
             for side in range(2):
-                # side 0: vertices of A against B's extent along n; side 1: B's against A's
+                # side 0: vertices of A against B along n; side 1: B's against A along -n
                 ref = a
                 other = b
                 sgn = 1.0
@@ -354,96 +397,84 @@ def narrowphase(
                 if b >= 0:
                     so = sh[1 - side]
                     plane = _extent(bf, other, hv, si[so, 1], si[so, 2], n, sgn)
-                best = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
-                bv = ti.Vector([-1e30, -1e30, -1e30, -1e30], dt=f64)
                 if ref >= 0:
                     for k in range(si[sh[side], 1], si[sh[side], 2]):
                         q = _world(bf, ref, get3(hv, k, 0))
-                        depth = sgn * (plane - n.dot(q))
+                        depth = sgn * (plane - n.dot(q))  # the other's extent: an upper bound
                         if depth > -m:
-                            inside = 1
+                            hit = 1
                             if b >= 0:
                                 so = sh[1 - side]
-                                inside = _inside(
-                                    bf, other, hp, si[so, 3], si[so, 4], q + sgn * depth * n, tol
+                                hit, depth = _cast(
+                                    bf, other, hp, si[so, 3], si[so, 4], q, sgn * n, tol
                                 )
-                            if inside != 0:
-                                bv, best = _extremes(bv, best, k, u1, u2, q)
-                for j in range(4):
-                    k = best[j]
-                    dup = 0
-                    for jj in range(j):
-                        if best[jj] == k:
-                            dup = 1
-                    if k >= 0 and dup == 0:
-                        q = _world(bf, ref, get3(hv, k, 0))
-                        on_other = q + (plane - n.dot(q)) * n
-                        if b < 0:
-                            set3(cf, row0 + nc, RA, get3(hv, k, 0))
-                            set3(cf, row0 + nc, RB, on_other)
-                        elif side == 0:
-                            set3(cf, row0 + nc, RA, get3(hv, k, 0))
-                            set3(cf, row0 + nc, RB, _local(bf, b, on_other))
-                        else:
-                            set3(cf, row0 + nc, RA, _local(bf, a, on_other))
-                            set3(cf, row0 + nc, RB, get3(hv, k, 0))
-                        cf[row0 + nc, LAM] = 0.0
-                        nc += 1
-        if edge == 0 and nc == 0 and b >= 0 and best_sep < m:
-            # faces that cross like a plus sign: no vertex of either projects inside the other,
-            # the corners of the overlap are where their edges cross (seen along n)
-            # in A's body frame: B's edges turned into it once each, A's read as they are
-            qa = get4(bf, a, Q)
-            rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))
-            t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
-            nl = quat_rotate(quat_conj(qa), n)
-            t1, t2 = _tangents(nl)
-            u1 = 0.921 * t1 + 0.389 * t2
-            u2 = -0.389 * t1 + 0.921 * t2
-            bi = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
-            bj = ti.Vector([-1, -1, -1, -1], dt=ti.i32)
-            bv = ti.Vector([-1e30, -1e30, -1e30, -1e30], dt=f64)
-            # a crossing within the margin needs both edges within it of the other hull
-            top_b = -1e30  # B's extent towards A and A's towards B along n (A frame)
-            for k in range(si[sh[1], 1], si[sh[1], 2]):
-                top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
-            low_a = 1e30
-            for k in range(si[sh[0], 1], si[sh[0], 2]):
-                low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
-            for j in range(se[sh[1], 0], se[sh[1], 1]):
-                q0 = rel @ get3(he, j, EP0) + t
-                q1 = rel @ get3(he, j, EP1) + t
-                if ti.max(nl.dot(q0), nl.dot(q1)) < low_a - m:
-                    continue
-                for i in range(se[sh[0], 0], se[sh[0], 1]):
-                    p0 = get3(he, i, EP0)
-                    p1 = get3(he, i, EP1)
-                    if ti.min(nl.dot(p0), nl.dot(p1)) > top_b + m:
+                            if hit != 0 and depth > -m:
+                                on_other = q + sgn * depth * n
+                                pa = q
+                                pb = on_other
+                                if side == 1:
+                                    pa = on_other
+                                    pb = q
+                                bv, bid, spa, spb = _keep(
+                                    bv, bid, spa, spb, cid, u1, u2, q, pa, pb, depth
+                                )
+                            cid += 1
+            if b >= 0:
+                # where the hulls' edges cross seen along n (faces crossing like a plus sign,
+                # a tilted edge across a face): in A's body frame, B's edges turned into it
+                qa = get4(bf, a, Q)
+                rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))
+                t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
+                nl = quat_rotate(quat_conj(qa), n)
+                l1 = quat_rotate(quat_conj(qa), t1)
+                l2 = quat_rotate(quat_conj(qa), t2)
+                # a crossing within the margin needs both edges within it of the other hull
+                top_b = -1e30  # B's extent towards A and A's towards B along n (A frame)
+                for k in range(si[sh[1], 1], si[sh[1], 2]):
+                    top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
+                low_a = 1e30
+                for k in range(si[sh[0], 1], si[sh[0], 2]):
+                    low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
+                for j in range(se[sh[1], 0], se[sh[1], 1]):
+                    q0 = rel @ get3(he, j, EP0) + t
+                    q1 = rel @ get3(he, j, EP1) + t
+                    if ti.max(nl.dot(q0), nl.dot(q1)) < low_a - m:
                         continue
-                    ok, pa, pb = _crossing(p0, p1, q0, q1, t1, t2)
-                    if ok != 0 and nl.dot(pb - pa) > -m:
-                        e = ti.Vector([u1.dot(pa), -u1.dot(pa), u2.dot(pa), -u2.dot(pa)], dt=f64)
-                        for k in ti.static(range(4)):
-                            if e[k] > bv[k]:
-                                bv[k] = e[k]
-                                bi[k] = i
-                                bj[k] = j
-            for k in range(4):
+                    for i in range(se[sh[0], 0], se[sh[0], 1]):
+                        p0 = get3(he, i, EP0)
+                        p1 = get3(he, i, EP1)
+                        if ti.min(nl.dot(p0), nl.dot(p1)) > top_b + m:
+                            continue
+                        ok, pa, pb = _crossing(p0, p1, q0, q1, l1, l2)
+                        if ok != 0 and nl.dot(pb - pa) > -m:
+                            wa = _world(bf, a, pa)
+                            bv, bid, spa, spb = _keep(
+                                bv,
+                                bid,
+                                spa,
+                                spb,
+                                cid,
+                                u1,
+                                u2,
+                                wa,
+                                wa,
+                                _world(bf, a, pb),
+                                nl.dot(pb - pa),
+                            )
+                        cid += 1
+            for j in ti.static(range(NDIR)):
                 dup = 0
-                for kk in range(k):
-                    if bi[kk] == bi[k] and bj[kk] == bj[k]:
+                for jj in ti.static(range(j)):
+                    if bid[jj] == bid[j]:
                         dup = 1
-                if bi[k] >= 0 and dup == 0:
-                    _, pa, pb = _crossing(
-                        get3(he, bi[k], EP0),
-                        get3(he, bi[k], EP1),
-                        rel @ get3(he, bj[k], EP0) + t,
-                        rel @ get3(he, bj[k], EP1) + t,
-                        t1,
-                        t2,
-                    )
-                    set3(cf, row0 + nc, RA, pa)
-                    set3(cf, row0 + nc, RB, _local(bf, b, _world(bf, a, pb)))
+                if bid[j] >= 0 and dup == 0:
+                    pa = vec3(spa[j, 0], spa[j, 1], spa[j, 2])
+                    pb = vec3(spb[j, 0], spb[j, 1], spb[j, 2])
+                    set3(cf, row0 + nc, RA, _local(bf, a, pa))
+                    if b < 0:
+                        set3(cf, row0 + nc, RB, pb)
+                    else:
+                        set3(cf, row0 + nc, RB, _local(bf, b, pb))
                     cf[row0 + nc, LAM] = 0.0
                     nc += 1
         if edge != 0 and esep < m:

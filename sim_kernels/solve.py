@@ -21,6 +21,7 @@ from sim_kernels.bodies import (
     WAKE,
     V,
     W,
+    X,
     apply_pair,
     integrate_body,
     movable,
@@ -43,6 +44,9 @@ from sim_kernels.contacts import (
     MAXC,
     PN_LAM,
     PN_LEFT,
+    RA,
+    RB,
+    _attach,
     _mu,
     _pair_bodies,
     contact_position_row,
@@ -164,6 +168,51 @@ def _supporting(pairs: ti.template(), pn: ti.template(), p, g) -> ti.i32:
     return r
 
 
+@ti.func
+def _over(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    pn: ti.template(),
+    cf: ti.template(),
+    p,
+) -> ti.i32:
+    """1 when the centre of mass of each movable body of contact pair p lies over the
+    manifold (seen along the normal, within 10 % of the body's radius): only then may the
+    centroid's normal row push without turning. A slab resting on a beam by an edge strip
+    must tip; held up at its centre of mass it would float.
+    """
+    a, b = _pair_bodies(si, pairs, p)
+    nc = pairs[p, 2]
+    n = get3(pn, p, 0)
+    r = 1
+    for side in range(2):
+        i = a
+        col = RA
+        if side == 1:
+            i = b
+            col = RB
+        if movable(bi, i) != 0:
+            mid = vec3(0.0)
+            for j in range(nc):
+                _, q = _attach(bf, i, get3(cf, p * MAXC + j, col), 0)
+                mid += q / nc
+            d = get3(bf, i, X) - mid
+            d -= d.dot(n) * n
+            ln = d.norm()
+            tol = 0.1 * bf[i, RAD]
+            if ln > tol:
+                u = d / ln
+                reach = -1e30
+                for j in range(nc):
+                    _, q = _attach(bf, i, get3(cf, p * MAXC + j, col), 0)
+                    reach = ti.max(reach, u.dot(q - mid))
+                if reach < ln - tol:
+                    r = 0
+    return r
+
+
 @ti.kernel
 def substep(
     bf: F2,
@@ -230,8 +279,9 @@ def substep(
                 valid, dirn, ra, rb, c, limit = contact_position_row(
                     bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h
                 )
-                if k < 0 and _supporting(pairs, pn, idx, g) != 0:
-                    angular = 2  # a face contact's centroid rows move it, the corner rows turn
+                if k < 0 and _supporting(pairs, pn, idx, g) != 0:  # noqa: SIM102 - no short circuit
+                    if fric != 0 or _over(bf, bi, si, pairs, pn, cf, idx) != 0:
+                        angular = 2  # a face contact's centroid rows move it, the corners turn
             else:
                 valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
             if valid != 0:

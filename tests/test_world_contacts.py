@@ -280,3 +280,31 @@ def test_box_on_box_rests_flat_on_a_face_manifold():
     run(w, 1.0)
     assert abs(w.positions()[b, 1] - 1.3) < 2e-3
     assert 1.0 - abs(w.rotations()[b, 0]) < 1e-6  # still flat
+
+
+def test_slab_resting_on_an_edge_strip_tips_without_gaining_energy():
+    """A slab whose centre of mass hangs beside its only support (a beam under one edge strip,
+    the fractured building's floor once its columns are gone) must tip off, gaining no more
+    kinetic energy than its fall releases, and not sink into the beam. The manifold's depth was
+    the slab's lowest corner applied at every point (the tilt pushed the wrong way: 4.5x the
+    released energy in 5 substeps) and the centroid row held the slab up without turning."""
+    w = World(backend="cpu")
+    w.add_body(box(2.8, 0.225, 0.15), position=(3.0, 3.075, 12.0), fixed=True)
+    tilt = 0.004  # rad about z: the far end of the strip lower, as a fractured slab lies
+    slab = w.add_body(
+        box(1.75, 0.1, 1.263),
+        density=2400.0,
+        position=(1.55, 3.4 + 1.35 * tilt + 0.1 * (1 - math.cos(tilt)), 10.937),
+        rotation=(math.cos(tilt / 2), 0.0, 0.0, -math.sin(tilt / 2)),
+    )
+    m = w.masses()[slab]
+    y0 = w.positions()[slab, 1]
+    beam = box(2.8, 0.225, 0.15) + (3.0, 3.075, 12.0)
+    deepest = 0.0
+    for _ in range(12):
+        w.step(1 / FPS, 8)
+        drop = y0 - w.positions()[slab, 1]
+        assert w.kinetic_energy() <= m * G * max(drop, 0.0) * 1.05 + 1.0
+        deepest = max(deepest, penetration(_hull_points(w, slab, box(1.75, 0.1, 1.263)), beam))
+    assert deepest < 0.01
+    assert np.linalg.norm(w.angular_velocities()[slab]) > 0.5  # it tipped off the strip
