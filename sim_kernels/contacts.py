@@ -332,28 +332,36 @@ def narrowphase(
         if b >= 0:
             speed += get3(bf, b, V).norm() + get3(bf, b, W).norm() * bf[b, RAD]
             rad = ti.min(rad, bf[b, RAD])
-            # SAT over the face normals of both hulls
-            best_sep = -1e30
-            for side in range(2):
-                own = a
-                other = b
-                if side == 1:
-                    own = b
-                    other = a
-                so = sh[1 - side]
-                qo = quat_conj(get4(bf, other, Q))
-                for f in range(si[sh[side], 3], si[sh[side], 4]):
-                    nw = quat_rotate(get4(bf, own, Q), vec3(hp[f, 0], hp[f, 1], hp[f, 2]))
-                    dw = hp[f, 3] + nw.dot(get3(bf, own, X))
-                    # the other hull's extent along nw, taken in its own frame
-                    lo = _extent_local(hv, si[so, 1], si[so, 2], quat_rotate(qo, nw), -1.0)
-                    sep = lo + nw.dot(get3(bf, other, X)) - dw
-                    if sep > best_sep:
-                        best_sep = sep
-                        n = nw
-                        if side == 0:
-                            n = -nw
         m = margin + speed * dt
+        if b >= 0:
+            # bounding spheres apart by more than the margin: no contact, and no SAT
+            best_sep = (get3(bf, a, X) - get3(bf, b, X)).norm() - bf[a, RAD] - bf[b, RAD]
+            if best_sep < m:
+                # SAT over the face normals of both hulls; a face separating the pair beyond
+                # the margin ends it (there is no contact, whichever face separates most)
+                best_sep = -1e30
+                for side in range(2):
+                    own = a
+                    other = b
+                    if side == 1:
+                        own = b
+                        other = a
+                    so = sh[1 - side]
+                    qo = quat_conj(get4(bf, other, Q))
+                    if best_sep < m:
+                        for f in range(si[sh[side], 3], si[sh[side], 4]):
+                            nw = quat_rotate(get4(bf, own, Q), vec3(hp[f, 0], hp[f, 1], hp[f, 2]))
+                            dw = hp[f, 3] + nw.dot(get3(bf, own, X))
+                            # the other hull's extent along nw, taken in its own frame
+                            lo = _extent_local(hv, si[so, 1], si[so, 2], quat_rotate(qo, nw), -1.0)
+                            sep = lo + nw.dot(get3(bf, other, X)) - dw
+                            if sep > best_sep:
+                                best_sep = sep
+                                n = nw
+                                if side == 0:
+                                    n = -nw
+                            if best_sep >= m:
+                                break
         nc = 0
         row0 = p * MAXC
         edge = 0  # 1: an edge axis won; 2: it stands in for a face axis that found no points
