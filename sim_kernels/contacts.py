@@ -115,6 +115,24 @@ def _extent_local(hv: ti.template(), v0, v1, nl, sign):
 
 
 @ti.func
+def _in_a_frame(bf: ti.template(), si: ti.template(), hv: ti.template(), a, b, sa, sb, n):
+    """Body B's pose in A's body frame and the slab where the hulls of shapes sa (on A) and
+    sb (on B) meet along world axis n (from B towards A): (rotation B -> A frame, B's origin
+    in A's frame, n in A's frame, B's extent towards A along it, A's extent towards B)."""
+    qa = get4(bf, a, Q)
+    rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))
+    t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
+    nl = quat_rotate(quat_conj(qa), n)
+    top_b = -1e30
+    for k in range(si[sb, 1], si[sb, 2]):
+        top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
+    low_a = 1e30
+    for k in range(si[sa, 1], si[sa, 2]):
+        low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
+    return rel, t, nl, top_b, low_a
+
+
+@ti.func
 def _edge_query(
     bf: ti.template(),
     si: ti.template(),
@@ -137,15 +155,7 @@ def _edge_query(
     of A); rows -1 when no edge pair forms a face of the Minkowski difference.
     """
     qa = get4(bf, a, Q)
-    rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))  # B frame -> A frame
-    t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
-    nl = quat_rotate(quat_conj(qa), n)
-    top_b = -1e30  # B's extent towards A and A's towards B along n, in A's frame
-    for k in range(si[sb, 1], si[sb, 2]):
-        top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
-    low_a = 1e30
-    for k in range(si[sa, 1], si[sa, 2]):
-        low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
+    rel, t, nl, top_b, low_a = _in_a_frame(bf, si, hv, a, b, sa, sb, n)
     ea0 = se[sa, 0]
     ea1 = se[sa, 1]
     mask = ti.u64(0)  # bit i: A's edge ea0 + i reaches the slab (edges past 64 always try)
@@ -431,18 +441,10 @@ def narrowphase(
                 # where the hulls' edges cross seen along n (faces crossing like a plus sign,
                 # a tilted edge across a face): in A's body frame, B's edges turned into it
                 qa = get4(bf, a, Q)
-                rel = quat_matrix(quat_mul(quat_conj(qa), get4(bf, b, Q)))
-                t = quat_rotate(quat_conj(qa), get3(bf, b, X) - get3(bf, a, X))
-                nl = quat_rotate(quat_conj(qa), n)
+                rel, t, nl, top_b, low_a = _in_a_frame(bf, si, hv, a, b, sh[0], sh[1], n)
                 l1 = quat_rotate(quat_conj(qa), t1)
                 l2 = quat_rotate(quat_conj(qa), t2)
                 # a crossing within the margin needs both edges within it of the other hull
-                top_b = -1e30  # B's extent towards A and A's towards B along n (A frame)
-                for k in range(si[sh[1], 1], si[sh[1], 2]):
-                    top_b = ti.max(top_b, nl.dot(rel @ get3(hv, k, 0) + t))
-                low_a = 1e30
-                for k in range(si[sh[0], 1], si[sh[0], 2]):
-                    low_a = ti.min(low_a, nl.dot(get3(hv, k, 0)))
                 for j in range(se[sh[1], 0], se[sh[1], 1]):
                     q0 = rel @ get3(he, j, EP0) + t
                     q1 = rel @ get3(he, j, EP1) + t
