@@ -134,15 +134,20 @@ def available() -> int:
 
 def gpu_available() -> int | None:
     """Free memory [bytes] of the current CUDA device, capped by ``DESTRUCT_GPU_MEMORY_LIMIT_MIB``;
-    None when there is no GPU to check (no torch, no CUDA) and no cap is set. Asking torch starts
-    its CUDA context in this process (a few hundred MiB, counted in CUDA_CONTEXT)."""
-    cap = _limit("DESTRUCT_GPU_MEMORY_LIMIT_MIB")
-    try:
-        import torch
+    None when there is no GPU to check (no CUDA driver or device, no torch) and no cap is set.
+    Asking torch starts its CUDA context in this process (a few hundred MiB, counted in
+    CUDA_CONTEXT)."""
+    from sim_kernels.cuda import device_count
 
-        free = int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
-    except (ImportError, RuntimeError):  # no torch, or a CUDA runtime that cannot start
-        free = None
+    cap = _limit("DESTRUCT_GPU_MEMORY_LIMIT_MIB")
+    free = None
+    if device_count():  # only then is torch worth loading (its import takes about a second)
+        try:
+            import torch
+
+            free = int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+        except (ImportError, RuntimeError):  # no torch, or a CUDA runtime that cannot start
+            pass
     if free is None or cap is None:
         return free if cap is None else cap
     return min(free, cap)

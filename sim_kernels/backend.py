@@ -17,6 +17,8 @@ import os
 import numpy as np
 import taichi as ti
 
+from sim_kernels import cuda
+
 f64 = ti.f64
 i32 = ti.i32
 vec3 = ti.types.vector(3, f64)
@@ -71,22 +73,9 @@ def _cuda_present() -> bool:
     try:
         from taichi._lib import core
 
-        return bool(core.with_cuda()) and _cuda_device_count() > 0
+        return bool(core.with_cuda()) and cuda.device_count() > 0
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return False
-
-
-def _cuda_device_count() -> int:
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    if lib.cuInit(0) != 0:
-        return 0
-    n = ctypes.c_int(0)
-    return n.value if lib.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
 
 
 def ndarray_f(rows: int, cols: int):
