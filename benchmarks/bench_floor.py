@@ -7,19 +7,17 @@ nothing but stream its tables through memory once at the measured copy bandwidth
 floor (1.0 = bandwidth bound; much less: the time goes to arithmetic and latency: the
 narrowphase's separating-axis tests of every broadphase pair, the serial Gauss-Seidel sweep).
 
-Counting rule (:func:`substep_traffic`): one substep is three kernel launches (World.step):
-``narrowphase``, ``build_units`` and ``substep``. For each launch, every Taichi ndarray it
-takes counts its live rows x row bytes (shape x dtype size: f64 8 B, i32 4 B) once when the
-kernel reads it and once more when it writes it. Live rows: all rows of the body, shape,
-hull, bond and per-body list tables; the broadphase's pairs for ``pairs`` and ``pn``; the
-contact points found for ``cf``; this step's constraints for ``units``. Whole rows count
-even where a kernel reads a few columns (a 400 B body row spans 7 cache lines; the
-narrowphase reads 3 of them), and a table read again by a later sweep of the same launch
-counts once (``bytes_per_substep``: every table crosses memory once per launch, as if the
-cache held nothing between launches and everything within one). ``bytes_with_sweeps`` also
-counts the position pass's ``iterations`` Gauss-Seidel sweeps and the velocity sweep as
-re-reading (and re-writing) the constraint and body tables: what a machine whose caches
-were smaller than the tables would move.
+Counting rule (:func:`substep_traffic`): one substep is the kernel launches of
+World._substep_launches: ``narrowphase``, ``build_units``, ``position_sweeps`` (``iterations``
+launches of ``position_sweep``, one Gauss-Seidel sweep each) and ``velocity_sweep``. For each
+launch, every Taichi ndarray it takes counts its live rows x row bytes (shape x dtype size:
+f64 8 B, i32 4 B) once when the kernel reads it and once more when it writes it. Live rows:
+all rows of the body, shape, hull, bond and per-body list tables; the broadphase's pairs for
+``pairs`` and ``pn``; the contact points found for ``cf``; this step's constraints for
+``units`` and ``ulist``. Whole rows count even where a kernel reads a few columns (a 400 B
+body row spans 7 cache lines; the narrowphase reads 3 of them), and a table read again
+within one launch counts once (every table crosses memory once per launch, as if the cache
+held nothing between launches and everything within one).
 
 ``seconds_per_substep`` is measured by difference from the same state (restored with
 World.load_state): ``(t(frame step, 8 substeps) - t(frame step, 1 substep)) / 7``, so the
@@ -55,6 +53,7 @@ KERNELS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("cf", True),
     ),
     "build_units": (
+        ("bf", False),
         ("bi", False),
         ("si", False),
         ("pairs", False),
@@ -65,8 +64,10 @@ KERNELS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("xlist", False),
         ("units", True),
         ("count", True),
+        ("ustart", True),
+        ("ulist", True),
     ),
-    "substep": (
+    "position_sweep": (
         ("bf", True),
         ("bi", False),
         ("si", False),
@@ -76,16 +77,17 @@ KERNELS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("bdf", True),
         ("bdi", False),
         ("units", False),
+        ("ustart", False),
+        ("ulist", False),
     ),
 }
-#: Tables the substep launch's sweeps walk once per sweep (the constraints and their bodies).
-SWEPT = ("bf", "bi", "si", "pairs", "pn", "cf", "bdf", "bdi", "units")
+KERNELS["velocity_sweep"] = KERNELS["position_sweep"]  # the same tables
 
 
 def live_rows(dev: dict, npairs: int, npoints: int, nunits: int) -> dict[str, int]:
     """Rows of each device table a substep touches (see the module docstring)."""
     rows = {name: int(a.shape[0]) for name, a in dev.items() if a is not None}
-    rows.update(pairs=npairs, pn=npairs, cf=npoints, units=nunits)
+    rows.update(pairs=npairs, pn=npairs, cf=npoints, units=nunits, ulist=nunits)
     return rows
 
 
@@ -105,14 +107,9 @@ def substep_traffic(
         return rows[name] * (ndarray_bytes(a) // int(a.shape[0]))
 
     out = {k: sum(table(n) * (2 if w else 1) for n, w in args) for k, args in KERNELS.items()}
-    total = sum(out.values())
-    written = dict(KERNELS["substep"])
-    sweeps = sum(table(n) * (2 if written[n] else 1) for n in SWEPT)
-    return {
-        **{f"bytes_{k}": v for k, v in out.items()},
-        "bytes_per_substep": total,
-        "bytes_with_sweeps": total + iterations * sweeps,
-    }
+    out["position_sweep"] *= iterations  # one launch per sweep
+    out["position_sweeps"] = out.pop("position_sweep")
+    return {**{f"bytes_{k}": v for k, v in out.items()}, "bytes_per_substep": sum(out.values())}
 
 
 def _contact_points(w) -> int:
@@ -172,9 +169,6 @@ def floor_case(n: int, bandwidth_gbs: float, repeats: int) -> dict:
         "seconds_per_frame": float(np.median(t8)),
         "floor_seconds": floor,
         "floor_share": floor / per_substep,
-        "floor_share_with_sweeps": traffic["bytes_with_sweeps"]
-        / (bandwidth_gbs * 1e9)
-        / per_substep,
         **{f"seconds_{k}": v for k, v in launches.items()},
         **{
             f"floor_share_{k}": traffic[f"bytes_{k}"] / (bandwidth_gbs * 1e9) / v

@@ -422,14 +422,20 @@ class World:
                 d["pairs"], d["pn"], d["cf"],
             )  # fmt: skip
         launches["build_units"] = lambda: solve.build_units(
-            d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"], d["blist"], d["xstart"],
-            d["xlist"], d["units"], d["count"],
+            d["bf"], d["bi"], d["si"], npairs, d["pairs"], d["bdi"], d["bstart"], d["blist"],
+            d["xstart"], d["xlist"], d["units"], d["count"], d["ustart"], d["ulist"],
         )  # fmt: skip
-        launches["substep"] = lambda: solve.substep(
+        tables = (
             d["bf"], d["bi"], d["si"], d["pairs"], d["pn"], d["cf"], d["bdf"], d["bdi"],
-            d["units"], int(d["count"][0]), h, g[0], g[1], g[2], self.ground_friction,
-            int(s == 0), s % 2, self.iterations,
+            d["units"], d["ustart"], d["ulist"], h, g[0], g[1], g[2], self.ground_friction,
         )  # fmt: skip
+
+        def positions() -> None:
+            for it in range(self.iterations):
+                solve.position_sweep(*tables, int(s == 0), s % 2, it)
+
+        launches["position_sweeps"] = positions
+        launches["velocity_sweep"] = lambda: solve.velocity_sweep(*tables, s % 2)
         return launches
 
     def _detect(self, dt: float, narrow: bool = True) -> int:
@@ -544,6 +550,7 @@ class World:
         if npairs + self.num_bonds > self._unit_cap:
             self._unit_cap = max(64, int((npairs + self.num_bonds) * 1.5))
             d["units"] = backend.ndarray_i(self._unit_cap, 2)
+            d["ulist"] = backend.ndarray_i1(self._unit_cap)
 
     def _push(self) -> None:
         """Upload host edits (reallocating the device tables when the world grew)."""
@@ -571,6 +578,7 @@ class World:
             d["shash"] = backend.ndarray_i1(ns)
             d["pstart"] = backend.ndarray_i1(ns + 1)
             d["count"] = backend.ndarray_i1(1)
+            d["ustart"] = backend.ndarray_i1(_k()[5].NKEYS + 1)
             self._pair_cap = self._unit_cap = -1
             self._ensure_pairs(0)
             self._geometry_changed = False

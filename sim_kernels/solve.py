@@ -2,13 +2,16 @@
 
 Constraints ("units") are the contact pairs with points plus the intact bonds, listed every
 substep by :func:`build_units` (``units: (U, 2) i32``: kind CONTACT / BOND, row in its table).
-They are solved Gauss-Seidel in that fixed order (reversed on alternate sweeps), a few sweeps
-per substep (Mueller et al. 2020 use many substeps and one sweep; rigid glue in long chains
-needs more). A serial loop inside one kernel launch: deterministic (no float atomics), no
-per-constraint or per-colour launches (each costs ~0.1-0.4 ms here); the per-body phases run
-in parallel. A graph colouring would parallelise the sweep on a GPU; on this 2-core CPU the
-serial sweep is the simpler choice. A contact pair whose bodies share an intact bond (or that
-overlapped at the start, see World.exclude_overlaps) is left out.
+They are solved Gauss-Seidel, a few sweeps per substep (Mueller et al. 2020 use many substeps
+and one sweep; rigid glue in long chains needs more), each sweep a kernel launch
+(:func:`position_sweep`), then :func:`velocity_sweep`. A contact pair whose bodies share
+an intact bond (or that overlapped at the start, see World.exclude_overlaps) is left out.
+
+A sweep runs groups of units that share no movable body in parallel (see NSLABS): no float
+atomics and a decomposition fixed by the scene, not the thread count, so a result is
+bit-identical on any number of CPU threads. Within a group the units run in a fixed order,
+bottom to top (reversed on alternate sweeps). A graph colouring would give a GPU more
+parallel work than the groups do.
 """
 
 from sim_kernels.backend import F2, I1, I2, f64, get3, ti, vec3
@@ -55,6 +58,26 @@ from sim_kernels.contacts import (
 
 CONTACT, BOND = 0, 1
 
+#: The groups: NSLABS slabs across the awake bodies, then the boundaries between neighbouring
+#: slabs (even-odd, then odd-even: each phase's groups share no slab), then the rest (units of
+#: bodies in slabs further apart). Groups 0..NSLABS-1 are the slabs, NSLABS + s the boundary of
+#: slabs s and s + 1, NGROUPS - 1 the rest. 8 slabs keep 2-8 CPU threads busy.
+NSLABS = 8
+NGROUPS = 2 * NSLABS
+NHEIGHTS = 32  # layers of height each group's units are sorted by (see _key)
+NKEYS = NGROUPS * NHEIGHTS
+#: Taichi 1.7's CPU backend gives each parallel task at least 512 iterations of a range-for
+#: (its adaptive block size; loop_config(block_dim=...) does not lower it), so a loop over 8
+#: groups would run on one thread: the group loops step SPREAD iterations per group.
+SPREAD = 512
+#: (first group, stride, count) of each phase, run in this order
+PHASES = (
+    (0, 1, NSLABS),
+    (NSLABS, 2, NSLABS // 2),
+    (NSLABS + 1, 2, NSLABS // 2 - 1),
+    (NGROUPS - 1, 1, 1),
+)
+
 
 @ti.func
 def _dynamic(bi: ti.template(), b) -> ti.i32:
@@ -67,6 +90,7 @@ def _dynamic(bi: ti.template(), b) -> ti.i32:
 
 @ti.kernel
 def build_units(
+    bf: F2,
     bi: I2,
     si: I2,
     npairs: ti.i32,
@@ -78,10 +102,14 @@ def build_units(
     excl_list: I1,
     units: I2,
     count: I1,
+    ustart: I1,
+    ulist: I1,
 ):
     """List this step's constraints in a fixed order; count[0] receives their number.
 
     Contact pairs of glued bodies (intact bond) and of excluded body pairs are left out.
+    Then sort them by group and height (ustart: NKEYS + 1 offsets into ulist; see _key),
+    keeping the list's order within each key.
     """
     ti.loop_config(serialize=True)
     for p in range(npairs + 1):
@@ -107,6 +135,94 @@ def build_units(
             units[count[0], 0] = BOND
             units[count[0], 1] = k
             count[0] += 1
+    ti.loop_config(serialize=True)
+    for _ in range(1):
+        lo, width, axis, ylo, yw = _slabs(bf, bi)
+        for key in range(NKEYS + 1):
+            ustart[key] = 0
+        for u in range(count[0]):
+            ustart[_key(bf, bi, si, pairs, bdi, units, u, lo, width, axis, ylo, yw) + 1] += 1
+        for key in range(NKEYS):
+            ustart[key + 1] += ustart[key]
+        for u in range(count[0]):  # counting sort, stable: ulist[ustart[k]:ustart[k + 1]]
+            key = _key(bf, bi, si, pairs, bdi, units, u, lo, width, axis, ylo, yw)
+            ulist[ustart[key]] = u
+            ustart[key] += 1
+        for key in range(NKEYS):
+            ustart[NKEYS - key] = ustart[NKEYS - key - 1]
+        ustart[0] = 0
+
+
+@ti.func
+def _slabs(bf: ti.template(), bi: ti.template()):
+    """NSLABS equal slabs across the awake bodies' centres, along x or z (the wider), and
+    NHEIGHTS equal layers of their heights: (slab start, width, axis, layer start, height)."""
+    lo = vec3(1e30)
+    hi = vec3(-1e30)
+    for i in range(bf.shape[0]):
+        if movable(bi, i) != 0:
+            x = get3(bf, i, X)
+            lo = ti.min(lo, x)
+            hi = ti.max(hi, x)
+    axis = 0
+    if hi[2] - lo[2] > hi[0] - lo[0]:
+        axis = 2
+    width = ti.max((hi[axis] - lo[axis]) / NSLABS, 1e-9)
+    return lo[axis], width, axis, lo[1], ti.max((hi[1] - lo[1]) / NHEIGHTS, 1e-9)
+
+
+@ti.func
+def _key(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    bdi: ti.template(),
+    units: ti.template(),
+    u,
+    lo,
+    width,
+    axis,
+    ylo,
+    yw,
+) -> ti.i32:
+    """Sort key of unit u: group * NHEIGHTS + layer.
+
+    Group: the slab of its movable bodies, the boundary between two neighbouring slabs, or the
+    last group (bodies in slabs further apart); units of different groups in one phase
+    (PHASES) share no movable body. Layer: the height of its movable bodies' centres, so a
+    sweep walks a stack bottom to top (and back on alternate sweeps): a load carried down a
+    column of pieces is passed on in one sweep, not one link per sweep.
+    """
+    a, b, _ = _unit(bi, si, pairs, bdi, u, units)
+    s = ti.Vector([-1, -1])
+    y = 0.0
+    nm = 0
+    for side in ti.static(range(2)):
+        i = a
+        if side == 1:
+            i = b
+        if movable(bi, i) != 0:
+            s[side] = ti.min(ti.max(ti.i32((bf[i, X + axis] - lo) / width), 0), NSLABS - 1)
+            y += bf[i, X + 1]
+            nm += 1
+    if s[0] < 0:
+        s[0] = s[1]
+    if s[1] < 0:
+        s[1] = s[0]
+    grp = NGROUPS - 1
+    lo_s = ti.min(s[0], s[1])
+    d = ti.abs(s[0] - s[1])
+    if lo_s < 0:
+        grp = 0  # nothing to move: any group
+    elif d == 0:
+        grp = lo_s
+    elif d == 1:
+        grp = NSLABS + lo_s
+    layer = 0
+    if nm > 0:
+        layer = ti.min(ti.max(ti.i32((y / nm - ylo) / yw), 0), NHEIGHTS - 1)
+    return grp * NHEIGHTS + layer
 
 
 @ti.func
@@ -213,8 +329,181 @@ def _over(
     return r
 
 
+@ti.func
+def _position_unit(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    pn: ti.template(),
+    cf: ti.template(),
+    bdf: ti.template(),
+    bdi: ti.template(),
+    units: ti.template(),
+    u,
+    it,
+    h,
+    g,
+    ground_mu,
+    flip,
+):
+    """Sweep ``it`` of the position pass over unit u's rows (multipliers reset on sweep 0)."""
+    a, b, live = _unit(bi, si, pairs, bdi, u, units)
+    kind = units[u, 0]
+    idx = units[u, 1]
+    nrows = 2
+    if kind == BOND and it == 0:
+        bdf[idx, LPOS] = 0.0
+        bdf[idx, LROT] = 0.0
+    if kind == CONTACT:
+        nrows = 2 + 2 * pairs[idx, 2]
+        if it == 0:
+            pn[idx, PN_LAM] = 0.0
+            pn[idx, PN_LEFT] = 0.0
+            for k in range(pairs[idx, 2]):
+                cf[idx * MAXC + k, LAM] = 0.0
+    if live == 0:
+        nrows = 0
+    for r in range(nrows):
+        valid = 0
+        dirn = vec3(0.0)
+        ra = vec3(0.0)
+        rb = vec3(0.0)
+        c = 0.0
+        limit = 1e30
+        angular = 0
+        k = -1
+        fric = 0
+        if kind == CONTACT:
+            k, fric = _contact_row(r, pairs[idx, 2], flip)
+            valid, dirn, ra, rb, c, limit = contact_position_row(
+                bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h
+            )
+            if k < 0 and _supporting(pairs, pn, idx, g) != 0:  # noqa: SIM102 - no short circuit
+                if fric != 0 or _over(bf, bi, si, pairs, pn, cf, idx) != 0:
+                    angular = 2  # a face contact's centroid rows move it, the corners turn
+        else:
+            valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
+        if valid != 0:
+            wsum = w_pair(bf, bi, a, b, ra, rb, dirn, angular)
+            lam = c / wsum
+            if kind == BOND:  # XPBD with compliance: d lam = (C - a~ lam_sum) / (w + a~)
+                col_l = LPOS
+                col_a = APOS
+                if angular != 0:
+                    col_l = LROT
+                    col_a = AROT
+                at = bdf[idx, col_a] / (h * h)
+                lam = (c - at * bdf[idx, col_l]) / (wsum + at)
+                bdf[idx, col_l] += lam
+            if lam <= limit:
+                apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0)
+                if kind == CONTACT:
+                    if k < 0 and fric == 0:  # the centroid's load is shared by the points
+                        pn[idx, PN_LAM] += lam
+                        pn[idx, PN_LEFT] += _mu(bf, a, b, ground_mu) * lam
+                        for j in range(pairs[idx, 2]):
+                            cf[idx * MAXC + j, LAM] += lam / pairs[idx, 2]
+                    elif k < 0:
+                        pn[idx, PN_LEFT] -= lam
+                    elif fric == 0:
+                        cf[idx * MAXC + k, LAM] += lam
+                else:
+                    col = FACC
+                    if angular != 0:
+                        col = TACC
+                    for m in ti.static(range(3)):
+                        bdf[idx, col + m] += lam / (h * h) * dirn[m]
+
+
+@ti.func
+def _velocity_unit(
+    bf: ti.template(),
+    bi: ti.template(),
+    si: ti.template(),
+    pairs: ti.template(),
+    pn: ti.template(),
+    cf: ti.template(),
+    bdf: ti.template(),
+    bdi: ti.template(),
+    units: ti.template(),
+    u,
+    h,
+    g,
+    ground_mu,
+    flip,
+):
+    """The velocity pass over unit u's rows: restitution, friction, bond damping."""
+    a, b, live = _unit(bi, si, pairs, bdi, u, units)
+    kind = units[u, 0]
+    idx = units[u, 1]
+    nrows = 2
+    if kind == CONTACT:
+        nrows = 2 + 2 * pairs[idx, 2]
+    if live == 0:
+        nrows = 0
+    for r in range(nrows):
+        valid = 0
+        imp = vec3(0.0)
+        ra = vec3(0.0)
+        rb = vec3(0.0)
+        angular = 0
+        energy = 0.0
+        if kind == CONTACT:
+            k, fric = _contact_row(r, pairs[idx, 2], flip)
+            valid, imp, ra, rb, energy = contact_velocity_row(
+                bf,
+                bi,
+                si,
+                pairs,
+                pn,
+                cf,
+                idx,
+                k,
+                fric,
+                h,
+                g / ti.max(g.norm(), 1e-30),
+                g.norm(),
+                ground_mu,
+            )
+            if k < 0 and fric != 0 and _supporting(pairs, pn, idx, g) != 0:
+                angular = 2
+        else:
+            valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r, h)
+        if valid != 0:
+            apply_pair(bf, bi, a, b, ra, rb, imp, angular, 1)
+            if kind == CONTACT:
+                if energy > 0.0:  # atomic: a resting body of another group may be b
+                    ti.atomic_max(bf[a, IMPACT], energy)
+                    if b >= 0:
+                        ti.atomic_max(bf[b, IMPACT], energy)
+            else:
+                col = FACC
+                if angular != 0:
+                    col = TACC
+                for m in ti.static(range(3)):
+                    bdf[idx, col + m] += imp[m] / h
+
+
+@ti.func
+def _span(ustart: ti.template(), phase: ti.template(), j):
+    """First row in ulist and number of the units of group j of a phase (see PHASES)."""
+    grp = phase[0] + phase[1] * j
+    u0 = ustart[grp * NHEIGHTS]
+    return u0, ustart[(grp + 1) * NHEIGHTS] - u0
+
+
+@ti.func
+def _nth(u0, n, uu, back):
+    """Row in ulist of the uu-th unit walked in a group of n from row u0 (back: from the end)."""
+    e = uu
+    if back != 0:
+        e = n - 1 - uu
+    return u0 + e
+
+
 @ti.kernel
-def substep(
+def position_sweep(
     bf: F2,
     bi: I2,
     si: I2,
@@ -224,7 +513,8 @@ def substep(
     bdf: F2,
     bdi: I2,
     units: I2,
-    nunits: ti.i32,
+    ustart: I1,
+    ulist: I1,
     h: f64,
     gx: f64,
     gy: f64,
@@ -232,144 +522,60 @@ def substep(
     ground_mu: f64,
     first: ti.i32,
     flip: ti.i32,
-    iterations: ti.i32,
+    it: ti.i32,
 ):
-    """One XPBD substep over all bodies and constraints (Mueller et al. 2020, algorithm 2).
-
-    The position pass runs `iterations` Gauss-Seidel sweeps (multipliers accumulate over them).
-    """
+    """Sweep ``it`` of the position pass (sweep 0 first predicts every body: Mueller et al.
+    2020, algorithm 2). Multipliers accumulate over the sweeps; alternate sweeps walk each
+    group backwards (symmetric Gauss-Seidel down a stack)."""
     g = vec3(gx, gy, gz)
     for i in range(bf.shape[0]):
-        integrate_body(bf, bi, i, h, g, first)
-    ti.loop_config(serialize=True)
-    for it_uu in range(iterations * nunits):
-        it = it_uu // nunits
-        uu = it_uu % nunits
-        u = uu
-        if (flip + it) % 2 != 0:
-            u = nunits - 1 - uu  # alternate sweeps: symmetric Gauss-Seidel down a stack
-        a, b, live = _unit(bi, si, pairs, bdi, u, units)
-        kind = units[u, 0]
-        idx = units[u, 1]
-        nrows = 2
-        if kind == BOND and it == 0:
-            bdf[idx, LPOS] = 0.0
-            bdf[idx, LROT] = 0.0
-        if kind == CONTACT:
-            nrows = 2 + 2 * pairs[idx, 2]
-            if it == 0:
-                pn[idx, PN_LAM] = 0.0
-                pn[idx, PN_LEFT] = 0.0
-                for k in range(pairs[idx, 2]):
-                    cf[idx * MAXC + k, LAM] = 0.0
-        if live == 0:
-            nrows = 0
-        for r in range(nrows):
-            valid = 0
-            dirn = vec3(0.0)
-            ra = vec3(0.0)
-            rb = vec3(0.0)
-            c = 0.0
-            limit = 1e30
-            angular = 0
-            k = -1
-            fric = 0
-            if kind == CONTACT:
-                k, fric = _contact_row(r, pairs[idx, 2], flip)
-                valid, dirn, ra, rb, c, limit = contact_position_row(
-                    bf, bi, si, pairs, pn, cf, idx, k, fric, ground_mu, h
-                )
-                if k < 0 and _supporting(pairs, pn, idx, g) != 0:  # noqa: SIM102 - no short circuit
-                    if fric != 0 or _over(bf, bi, si, pairs, pn, cf, idx) != 0:
-                        angular = 2  # a face contact's centroid rows move it, the corners turn
-            else:
-                valid, dirn, ra, rb, c, angular = bond_position_row(bf, bdf, bdi, idx, r)
-            if valid != 0:
-                wsum = w_pair(bf, bi, a, b, ra, rb, dirn, angular)
-                lam = c / wsum
-                if kind == BOND:  # XPBD with compliance: d lam = (C - a~ lam_sum) / (w + a~)
-                    col_l = LPOS
-                    col_a = APOS
-                    if angular != 0:
-                        col_l = LROT
-                        col_a = AROT
-                    at = bdf[idx, col_a] / (h * h)
-                    lam = (c - at * bdf[idx, col_l]) / (wsum + at)
-                    bdf[idx, col_l] += lam
-                if lam <= limit:
-                    apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0)
-                    if kind == CONTACT:
-                        if k < 0 and fric == 0:  # the centroid's load is shared by the points
-                            pn[idx, PN_LAM] += lam
-                            pn[idx, PN_LEFT] += _mu(bf, a, b, ground_mu) * lam
-                            for j in range(pairs[idx, 2]):
-                                cf[idx * MAXC + j, LAM] += lam / pairs[idx, 2]
-                        elif k < 0:
-                            pn[idx, PN_LEFT] -= lam
-                        elif fric == 0:
-                            cf[idx * MAXC + k, LAM] += lam
-                    else:
-                        col = FACC
-                        if angular != 0:
-                            col = TACC
-                        for m in ti.static(range(3)):
-                            bdf[idx, col + m] += lam / (h * h) * dirn[m]
+        if it == 0:
+            integrate_body(bf, bi, i, h, g, first)
+    back = (flip + it) % 2
+    for phase in ti.static(PHASES):
+        for jj in range(phase[2] * SPREAD):
+            if jj % SPREAD == 0:
+                u0, n = _span(ustart, phase, jj // SPREAD)
+                for uu in range(n):
+                    u = ulist[_nth(u0, n, uu, back)]
+                    _position_unit(
+                        bf, bi, si, pairs, pn, cf, bdf, bdi, units, u, it, h, g, ground_mu, flip
+                    )
+
+
+@ti.kernel
+def velocity_sweep(
+    bf: F2,
+    bi: I2,
+    si: I2,
+    pairs: I2,
+    pn: F2,
+    cf: F2,
+    bdf: F2,
+    bdi: I2,
+    units: I2,
+    ustart: I1,
+    ulist: I1,
+    h: f64,
+    gx: f64,
+    gy: f64,
+    gz: f64,
+    ground_mu: f64,
+    flip: ti.i32,
+):
+    """Velocities from the solved positions, then one sweep of the velocity pass."""
+    g = vec3(gx, gy, gz)
     for i in range(bf.shape[0]):
         update_body_velocity(bf, bi, i, h)
-    ti.loop_config(serialize=True)
-    for uu in range(nunits):
-        u = uu
-        if flip != 0:
-            u = nunits - 1 - uu  # alternate sweeps: symmetric Gauss-Seidel down a stack
-        a, b, live = _unit(bi, si, pairs, bdi, u, units)
-        kind = units[u, 0]
-        idx = units[u, 1]
-        nrows = 2
-        if kind == CONTACT:
-            nrows = 2 + 2 * pairs[idx, 2]
-        if live == 0:
-            nrows = 0
-        for r in range(nrows):
-            valid = 0
-            imp = vec3(0.0)
-            ra = vec3(0.0)
-            rb = vec3(0.0)
-            angular = 0
-            energy = 0.0
-            if kind == CONTACT:
-                k, fric = _contact_row(r, pairs[idx, 2], flip)
-                valid, imp, ra, rb, energy = contact_velocity_row(
-                    bf,
-                    bi,
-                    si,
-                    pairs,
-                    pn,
-                    cf,
-                    idx,
-                    k,
-                    fric,
-                    h,
-                    g / ti.max(g.norm(), 1e-30),
-                    g.norm(),
-                    ground_mu,
-                )
-                if k < 0 and fric != 0 and _supporting(pairs, pn, idx, g) != 0:
-                    angular = 2
-            else:
-                valid, imp, ra, rb, angular = bond_velocity_row(bf, bi, bdf, bdi, idx, r, h)
-            if valid != 0:
-                apply_pair(bf, bi, a, b, ra, rb, imp, angular, 1)
-                if kind == CONTACT:
-                    if energy > 0.0:
-                        bf[a, IMPACT] = ti.max(bf[a, IMPACT], energy)
-                        if b >= 0:
-                            bf[b, IMPACT] = ti.max(bf[b, IMPACT], energy)
-                else:
-                    col = FACC
-                    if angular != 0:
-                        col = TACC
-                    for m in ti.static(range(3)):
-                        bdf[idx, col + m] += imp[m] / h
+    for phase in ti.static(PHASES):
+        for jj in range(phase[2] * SPREAD):
+            if jj % SPREAD == 0:
+                u0, n = _span(ustart, phase, jj // SPREAD)
+                for uu in range(n):
+                    u = ulist[_nth(u0, n, uu, flip)]
+                    _velocity_unit(
+                        bf, bi, si, pairs, pn, cf, bdf, bdi, units, u, h, g, ground_mu, flip
+                    )
 
 
 @ti.kernel

@@ -86,18 +86,21 @@ def test_substep_traffic_counts_live_rows_once_per_read_and_write(ti):
         "xlist": i(1),
         "units": i(10, 2),
         "count": i(1),
+        "ustart": i(17),
+        "ulist": i(10),
     }
     t = substep_traffic(dev, npairs=3, npoints=5, nunits=2, iterations=8)
     # read: bf 800, si 40, se 16, hv 384, hp 384, he 2880; read + write: pairs 3 x 16,
     # pn 3 x 48, cf 5 x 64
     assert t["bytes_narrowphase"] == 800 + 40 + 16 + 384 + 384 + 2880 + 2 * (48 + 144 + 320)
-    # read: bi 32, si 40, pairs 48, bdi 12, lists 12 + 4 + 12 + 4; written: units 2 x 8, count 4
-    assert t["bytes_build_units"] == 32 + 40 + 48 + 12 + 32 + 2 * (16 + 4)
-    # written: bf, pn, cf, bdf (200); read: bi, si, pairs, bdi, units
-    sub = 2 * (800 + 144 + 320 + 200) + 32 + 40 + 48 + 12 + 16
-    assert t["bytes_substep"] == sub
-    assert t["bytes_per_substep"] == t["bytes_narrowphase"] + t["bytes_build_units"] + sub
-    assert t["bytes_with_sweeps"] == t["bytes_per_substep"] + 8 * sub
+    # read: bf 800, bi 32, si 40, pairs 48, bdi 12, lists 12 + 4 + 12 + 4; written: units
+    # 2 x 8, count 4, ustart 68, ulist 2 x 4
+    assert t["bytes_build_units"] == 800 + 32 + 40 + 48 + 12 + 32 + 2 * (16 + 4 + 68 + 8)
+    # a sweep writes bf, pn, cf, bdf (200) and reads bi, si, pairs, bdi, units, ustart, ulist
+    sweep = 2 * (800 + 144 + 320 + 200) + 32 + 40 + 48 + 12 + 16 + 68 + 8
+    assert t["bytes_position_sweeps"] == 8 * sweep  # one launch per iteration
+    assert t["bytes_velocity_sweep"] == sweep
+    assert t["bytes_per_substep"] == (t["bytes_narrowphase"] + t["bytes_build_units"] + 9 * sweep)
 
 
 def test_peak_memory_sees_a_touched_allocation():
