@@ -573,8 +573,10 @@ def contact_position_row(
 ):
     """Non-penetration (fric = 0) or static friction (fric = 1) of point k (k < 0: centroid).
 
-    A penetration is pushed out by at most MAX_DEPENETRATION * h per substep: the push becomes
-    velocity (v = dx / h), and a piece squeezed between others would leave at tens of m/s.
+    A penetration older than the substep is pushed out by at most MAX_DEPENETRATION * h per
+    substep: the push becomes velocity (v = dx / h), and a piece squeezed between others would
+    leave at tens of m/s. The overlap the substep's own motion made is removed whole: capping
+    it too would let a fast piece sink MAX_DEPENETRATION * h deeper every substep.
 
     Returns (valid, direction on A, offset on A, offset on B, error to remove [m], limit on the
     multiplier [kg m]).
@@ -594,7 +596,12 @@ def contact_position_row(
     c = 0.0
     limit = 1e30
     if fric == 0:
-        c = ti.min(n.dot(pb - pa), MAX_DEPENETRATION * h)
+        # the overlap this substep's motion made is removed whole (stopping an approach at
+        # any speed); only an overlap older than the substep is pushed out at the capped rate
+        _, pa0 = _attach(bf, a, la, 1)
+        _, pb0 = _attach(bf, b, lb, 1)
+        depth = n.dot(pb - pa)
+        c = ti.min(depth, depth - ti.max(n.dot(pb0 - pa0), 0.0) + MAX_DEPENETRATION * h)
         if c > 0.0:
             valid = 1
     elif budget > 0.0:
