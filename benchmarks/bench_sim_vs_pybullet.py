@@ -7,6 +7,12 @@ Reported per piece count: wall time per simulated second for each and the speed-
 agreement of the physics: final mean height (ratio to PyBullet's), share of pieces at rest
 (difference in points) and the worst penetration (the same geometric measure applied to both
 engines' final poses).
+
+A collapse is chaotic: a mass changed by one part in 1e9 gives another pile, and the deepest
+overlap of 4000 pieces at one instant ranged 1.9-6.9 cm over such runs of the same solver. So
+destruct also runs PERTURBED more times with one piece's mass scaled by 1 + 1e-9 (timing only
+the first run); ``penetration_destruct_worst_m`` is the worst over all its runs, and the
+penetration criterion of ``agrees`` is judged on it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from scipy.spatial.transform import Rotation
 CACHE = Path(__file__).resolve().parent / ".cache"
 FRICTION = 0.6
 REST_SPEED = 0.1  # m/s: a piece slower than this counts as at rest
+PERTURBED = 2  # extra destruct runs with one mass scaled by 1 + 1e-9 (see the module docstring)
 FPS, SUBSTEPS = 24, 8
 PYBULLET_HZ = 240
 
@@ -68,15 +75,18 @@ def _centre(hulls: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return sum(d["centroid"] * d["volume"] for d in data) / vol, vol
 
 
-def run_destruct(b: dict, seconds: float) -> dict:
+def run_destruct(b: dict, seconds: float, perturb: int = -1) -> dict:
+    """The collapse in destruct; ``perturb`` >= 0 scales that piece's mass by 1 + 1e-9."""
     from destruct.world import World
 
     w = World(gravity=(0, -9.81, 0), ground=True, ground_friction=FRICTION, backend="cpu")
     locals_ = []
-    for hulls, mass in zip(b["hulls"], b["mass"]):
+    for k, (hulls, mass) in enumerate(zip(b["hulls"], b["mass"])):
         c, vol = _centre(hulls)
         local = [h - c for h in hulls]
         locals_.append(local)
+        if k == perturb:
+            mass = mass * (1 + 1e-9)
         w.add_body(
             local if len(local) > 1 else local[0],
             density=mass / vol,
@@ -234,10 +244,17 @@ def compare(pieces: int, seconds: float) -> dict:
         "penetration_destruct_m": worst_penetration(d),
         "penetration_pybullet_m": worst_penetration(p),
     }
+    rec["penetration_destruct_worst_m"] = max(
+        [rec["penetration_destruct_m"]]
+        + [
+            worst_penetration(run_destruct(b, seconds, perturb=k * len(b["mass"]) // PERTURBED))
+            for k in range(PERTURBED)
+        ]
+    )
     rec["agrees"] = bool(
         abs(rec["height_ratio"] - 1) <= 0.15
         and rec["at_rest_diff_points"] <= 10
-        and rec["penetration_destruct_m"] < 0.02
+        and rec["penetration_destruct_worst_m"] < 0.02
     )
     return rec
 
