@@ -5,7 +5,8 @@ nothing but stream its tables through memory once at the measured copy bandwidth
 (:func:`benchmarks.machine.memory_bandwidth_gbs`: a 256 MiB numpy copy, read + write bytes).
 ``floor_share = floor_seconds / seconds_per_substep`` is how close the solver comes to that
 floor (1.0 = bandwidth bound; much less: the time goes to arithmetic and latency: the
-narrowphase's separating-axis tests of every broadphase pair, the serial Gauss-Seidel sweep).
+narrowphase's separating-axis tests of every broadphase pair, the Gauss-Seidel sweeps, each
+unit visited in order within its group).
 
 Counting rule (:func:`substep_traffic`): one substep is the kernel launches of
 World._substep_launches: ``narrowphase``, ``build_units``, ``position_sweeps`` (``iterations``
