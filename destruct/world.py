@@ -549,7 +549,7 @@ class World:
             self._pair_cap = cap
         if npairs + self.num_bonds > self._unit_cap:
             self._unit_cap = max(64, int((npairs + self.num_bonds) * 1.5))
-            d["units"] = backend.ndarray_i(self._unit_cap, 2)
+            d["units"] = backend.ndarray_i(self._unit_cap, 3)
             d["ulist"] = backend.ndarray_i1(self._unit_cap)
 
     def _push(self) -> None:

@@ -1,8 +1,8 @@
 """The substep: predict, solve positions, update velocities, solve velocities (XPBD).
 
 Constraints ("units") are the contact pairs with points plus the intact bonds, listed every
-substep by :func:`build_units` (``units: (U, 2) i32``: kind CONTACT / BOND, row in its table).
-They are solved Gauss-Seidel, a few sweeps per substep (Mueller et al. 2020 use many substeps
+substep by :func:`build_units` (``units: (U, 3) i32``: kind CONTACT / BOND, row in its table,
+sort key). They are solved Gauss-Seidel, a few sweeps per substep (Mueller et al. 2020 use many substeps
 and one sweep; rigid glue in long chains needs more), each sweep a kernel launch
 (:func:`position_sweep`), then :func:`velocity_sweep`. A contact pair whose bodies share
 an intact bond (or that overlapped at the start, see World.exclude_overlaps) is left out.
@@ -57,6 +57,7 @@ from sim_kernels.contacts import (
 )
 
 CONTACT, BOND = 0, 1
+KEY = 2  # column of units holding the sort key of build_units (see _key)
 
 #: The groups: NSLABS slabs across the awake bodies, then the boundaries between neighbouring
 #: slabs (even-odd, then odd-even: each phase's groups share no slab), then the rest (units of
@@ -77,15 +78,6 @@ PHASES = (
     (NSLABS + 1, 2, NSLABS // 2 - 1),
     (NGROUPS - 1, 1, 1),
 )
-
-
-@ti.func
-def _dynamic(bi: ti.template(), b) -> ti.i32:
-    r = 0
-    if b >= 0:  # noqa: SIM102 - Taichi's `and` does not short-circuit: guard the index
-        if bi[b, FLAGS] == 0 and bi[b, SLEEP] == 0:
-            r = 1
-    return r
 
 
 @ti.kernel
@@ -131,21 +123,22 @@ def build_units(
                 count[0] += 1
     ti.loop_config(serialize=True)
     for k in range(bdi.shape[0]):
-        if bdi[k, BROKEN] == 0 and (_dynamic(bi, bdi[k, 0]) + _dynamic(bi, bdi[k, 1])) > 0:
+        if bdi[k, BROKEN] == 0 and (movable(bi, bdi[k, 0]) + movable(bi, bdi[k, 1])) > 0:
             units[count[0], 0] = BOND
             units[count[0], 1] = k
             count[0] += 1
     ti.loop_config(serialize=True)
-    for _ in range(1):
+    for _ in range(1):  # one serial block: loops at kernel scope would run in parallel
         lo, width, axis, ylo, yw = _slabs(bf, bi)
         for key in range(NKEYS + 1):
             ustart[key] = 0
         for u in range(count[0]):
-            ustart[_key(bf, bi, si, pairs, bdi, units, u, lo, width, axis, ylo, yw) + 1] += 1
+            units[u, KEY] = _key(bf, bi, si, pairs, bdi, units, u, lo, width, axis, ylo, yw)
+            ustart[units[u, KEY] + 1] += 1
         for key in range(NKEYS):
             ustart[key + 1] += ustart[key]
         for u in range(count[0]):  # counting sort, stable: ulist[ustart[k]:ustart[k + 1]]
-            key = _key(bf, bi, si, pairs, bdi, units, u, lo, width, axis, ylo, yw)
+            key = units[u, KEY]
             ulist[ustart[key]] = u
             ustart[key] += 1
         for key in range(NKEYS):
@@ -587,13 +580,7 @@ def wake_touched(
     an impact on a sleeping pile wakes two layers, not only the body it hit.
     """
     for u in range(nunits):
-        a = 0
-        b = -1
-        if units[u, 0] == 0:
-            a, b = _pair_bodies(si, pairs, units[u, 1])
-        else:
-            a = bdi[units[u, 1], 0]
-            b = bdi[units[u, 1], 1]
+        a, b, _ = _unit(bi, si, pairs, bdi, u, units)
         if b >= 0:
             for side in range(2):
                 me = a
