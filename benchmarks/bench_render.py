@@ -17,12 +17,13 @@ one-node-per-piece pyrender path, and the two ways to an exact id pass.
 
 Pieces are convex hulls of random points (about 13 triangles each) packed in a block, moved
 and turned a little per frame. Frames per second are wall clock, so on a shared machine they
-move with its load (``load_average``): compare the columns of one run. Where the time goes at
-2000 pieces (CPU seconds per frame on an idle machine, ``time.process_time``, llvmpipe threads
-included): the EXR (ZIP, 26 channels, on 2 OpenEXR threads) 0.45-0.6, the GL beauty 0.35-0.45
-(it was 1.0-1.4 with pyrender's shader and its 36-read shadow filter), the four PNGs 0.25,
-the passes 0.15-0.2, the exact raster 0.05-0.1. The stage overlaps them on four threads, so on
-two idle cores a frame takes about half their sum.
+move with its load (``load_average``): compare the columns of one run. ``cpu_s_per_frame``
+(``time.process_time``, llvmpipe's threads included) is what a farm node running one frame per
+core pays. Where it goes at 2000 pieces, each part alone on one thread: the EXR 0.26 (ZIP
+of 26 channels 0.21, of which the five empty Cryptomatte ranks, ten zero channels, take 0.06
+and the four float motion channels 0.07), the GL beauty 0.14-0.17 (it was 1.0-1.4 with
+pyrender's shader and its 36-read shadow filter), the four PNGs 0.075, the passes 0.035-0.05,
+the exact raster 0.025. The stage overlaps them on four threads, so on two cores a frame takes about half their sum.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _naive(
 
     from destruct.camera import look_at_rotation
     from destruct.render import FrameWriter
-    from destruct.render.gl import SHADER_DIR
+    from destruct.render.gl import SHADER_DIR, sun_light
     from destruct.render.passes import u8_to_linear
     from destruct.render.scene import material_looks, quat_to_matrix
 
@@ -153,7 +154,8 @@ def _naive(
     )
     pose = np.eye(4)
     pose[:3, :3] = look_at_rotation([0.45, 0.8, 0.4], [0, 0, 0])
-    scene.add(pyrender.DirectionalLight(intensity=3.0), pose=pose)
+    # our shaders read a comparing shadow map (sun_light); pyrender's its own light's
+    scene.add(pyrender.DirectionalLight(intensity=3.0) if stock else sun_light(), pose=pose)
     cache: dict[int, object] = {}
     nodes = []
     for m in meshes:
@@ -184,7 +186,7 @@ def _naive(
             if k == 1:
                 for j in jobs:
                     j.result()
-                t_start = time.perf_counter()
+                t_start, cpu_start = time.perf_counter(), time.process_time()
             pos, q = frames[k % len(frames)]
             t0 = time.perf_counter()
             rot = quat_to_matrix(q)
@@ -231,6 +233,7 @@ def _naive(
         for j in jobs:
             j.result()
     out["total"] = (time.perf_counter() - t_start) / repeat
+    out["cpu"] = (time.process_time() - cpu_start) / repeat
     r.delete()
     return out
 
@@ -266,9 +269,10 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
                 StageContext(shot=shot, run=run, stage=Stage.RENDER, frames=[1001])
             )  # warm-up
             todo = list(range(1002, 1001 + n_frames))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run_render(StageContext(shot=shot, run=run, stage=Stage.RENDER, frames=todo))
             ours = (time.perf_counter() - t0) / len(todo)
+            ours_cpu = (time.process_time() - c0) / len(todo)
             setup = RenderSetup(shot, run_dir)
             bodies, _ = setup.load(1001)
             mesh = setup.mesh.pose(bodies)
@@ -302,6 +306,8 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
                 "naive_fps": round(1.0 / naive["total"], 3),
                 "speedup": round(naive["total"] / ours, 2),
                 "naive_render_only_fps": round(1.0 / naive["render"], 3),
+                "cpu_s_per_frame": round(ours_cpu, 3),
+                "naive_cpu_s_per_frame": round(naive["cpu"], 3),
                 "naive_stock_fps": round(1.0 / stock["total"], 3),
                 "speedup_vs_stock": round(stock["total"] / ours, 2),
                 "id_raster_ms": round(1000 * t_raster, 1),

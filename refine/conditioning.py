@@ -111,12 +111,18 @@ def normal_to_control(normal: np.ndarray, mask: np.ndarray | None = None) -> np.
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def seg_to_control(classes: np.ndarray) -> np.ndarray:
-    """(h, w) int ADE20K class indices (0-based) -> (h, w, 3) float32 palette colours."""
+def seg_indices(classes: np.ndarray) -> np.ndarray:
+    """(h, w) int ADE20K class indices (0-based) -> uint8 rows of :data:`ADE20K_PALETTE`, checked:
+    the pixels of a paletted seg PNG."""
     c = np.asarray(classes)
     if c.size and (c.min() < 0 or c.max() >= len(ADE20K_PALETTE)):
         raise ValueError(f"ADE20K class indices must be 0..149, got {c.min()}..{c.max()}")
-    return ADE20K_PALETTE[c].astype(np.float32) / np.float32(255.0)
+    return c.astype(np.uint8)
+
+
+def seg_to_control(classes: np.ndarray) -> np.ndarray:
+    """(h, w) int ADE20K class indices (0-based) -> (h, w, 3) float32 palette colours."""
+    return ADE20K_PALETTE[seg_indices(classes)].astype(np.float32) / np.float32(255.0)
 
 
 def depth_range(

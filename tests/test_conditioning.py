@@ -17,6 +17,7 @@ from refine.conditioning import (
     depth_range,
     depth_to_control,
     normal_to_control,
+    seg_indices,
     seg_to_control,
     to_uint8,
 )
@@ -54,6 +55,12 @@ def test_seg_palette_is_ade20k():
     np.testing.assert_array_equal(img[0, 0], [6, 230, 230])
     with pytest.raises(ValueError):
         seg_to_control(np.array([[150]]))
+    # the paletted PNG's pixels: the same colours through the palette, checked the same way
+    idx = seg_indices(np.array([[2, 1], [42, 0]]))
+    assert idx.dtype == np.uint8
+    np.testing.assert_array_equal(ADE20K_PALETTE[idx], img)
+    with pytest.raises(ValueError):
+        seg_indices(np.array([[-1]]))
 
 
 def test_depth_range_brackets_a_box_for_every_camera():

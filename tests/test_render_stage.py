@@ -122,8 +122,11 @@ def test_exr_layers_ids_and_manifest(rendered):
 
 def test_pngs_are_controlnet_ready(rendered):
     import imageio.v3 as iio
+    from PIL import Image
 
     run, _, _, _ = rendered
+    with Image.open(run / "passes" / "seg" / "syn.1002.png") as png:
+        assert png.mode == "P"  # paletted: readers expand it to the palette's RGB
     seg = iio.imread(run / "passes" / "seg" / "syn.1002.png")
     from refine.conditioning import ADE20K_PALETTE
 

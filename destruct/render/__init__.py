@@ -9,6 +9,7 @@ Frames already done are skipped; the next frame's raster is reused when frames r
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -143,14 +144,20 @@ class RenderSetup:
         return bodies_from_sim(d, self.mesh.n_pieces, self.n_bodies), dust
 
 
-def save_png_fast(path: Path, image: np.ndarray) -> None:
-    """PNG at zlib level 1 (4x faster than the default, about 10 % larger), atomically."""
-    import imageio.v3 as iio
+def save_png_fast(path: Path, image: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """PNG at zlib level 1 (4x faster than the default, about 10 % larger), atomically.
 
-    atomic_write_bytes(
-        path,
-        iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png", compress_level=1),
-    )
+    With ``palette`` ((n, 3) uint8), ``image`` (h, w) uint8 holds its row indices: a paletted
+    PNG, a third of the pixels to compress (6x faster for the seg pass), which every reader
+    expands to the palette's RGB."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(image))
+    if palette is not None:
+        img.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())  # "L" -> "P"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass
@@ -205,9 +212,10 @@ class FrameWriter:
         """``{beauty,depth,normal,seg}/<shot>.<frame>.png``, ControlNet-ready."""
         from destruct.render.passes import linear_to_u8
         from refine.conditioning import (
+            ADE20K_PALETTE,
             depth_to_control,
             normal_to_control,
-            seg_to_control,
+            seg_indices,
             to_uint8,
         )
 
@@ -224,7 +232,7 @@ class FrameWriter:
                 out / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
             )
         if "seg" in passes:
-            save_png_fast(out / "seg" / f"{stem}.png", to_uint8(seg_to_control(p["seg"])))
+            save_png_fast(out / "seg" / f"{stem}.png", seg_indices(p["seg"]), ADE20K_PALETTE)
 
 
 def write_frame(
@@ -279,8 +287,9 @@ def run_render(ctx) -> dict[str, Any]:
     }
     if not todo:
         return figures
-    # the EXR's ZIP blocks compress on OpenEXR's own pool (0 = on the writing thread)
-    OpenEXR.set_global_thread_count(max(OpenEXR.global_thread_count(), min(2, os.cpu_count() or 1)))
+    # the EXR's ZIP blocks compress on OpenEXR's own pool, one thread per core (its default, 0,
+    # compresses on the writing thread alone)
+    OpenEXR.set_global_thread_count(max(OpenEXR.global_thread_count(), os.cpu_count() or 1))
     passes = list(shot.render.passes)
     cam0 = setup.cameras[todo[0]]
     plate = shot.render.plate

@@ -12,6 +12,7 @@ hex digits of the layer name's own hash.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 
@@ -31,6 +32,16 @@ def crypto_hash(name: str) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=4)
+def _hash_table(names: tuple[str, ...]) -> np.ndarray:
+    """(n + 1,) uint32, read-only: 0 (background), then the hash of each name. Cached, since
+    every frame of a render hashes the same thousands of names."""
+    table = np.zeros(len(names) + 1, dtype=np.uint32)
+    table[1:] = [crypto_hash(n) for n in names]
+    table.flags.writeable = False
+    return table
+
+
 def layer_key(layer: str = LAYER) -> str:
     """The 7-hex-digit key of a layer's header attributes."""
     return f"{mmh3.hash(layer, 0, signed=False):08x}"[:7]
@@ -46,9 +57,8 @@ def cryptomatte_channels(
     manifest lists the first ``always`` names (every piece, visible or not) plus the names of
     the other ids present in this frame (rubble); ``always=None`` lists every name.
     """
-    hashes = np.array([crypto_hash(n) for n in names], dtype=np.uint32)
-    table = np.zeros(len(names) + 1, dtype=np.uint32)
-    table[1:] = hashes
+    table = _hash_table(tuple(names))
+    hashes = table[1:]
     ids = np.asarray(ids)
     if ids.size and int(ids.max()) > len(names):
         raise ValueError(f"id {int(ids.max())} has no name (only {len(names)} names)")

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from destruct.render.raster import GROUND, SKY, add_ground, dust_alpha, motion_vectors, rasterize
+from destruct.render.raster import (
+    GROUND,
+    SKY,
+    add_ground,
+    dust_alpha,
+    lookup_passes,
+    motion_vectors,
+    rasterize,
+)
 from destruct.render.scene import Bodies, FrameMesh
 
 #: Closest depth [m] the rasteriser draws.
@@ -101,11 +109,6 @@ def frame_passes(
     cam, mesh, tri = r.cam, r.mesh, r.tri
     h, w = tri.shape
     out: dict[str, np.ndarray] = {"depth": r.depth, "id": r.ids}
-    # normals: the flat face normal in camera space (R^T n == n @ R)
-    ncam = np.concatenate(
-        [[cam.rotation.T @ np.array([0.0, 1.0, 0.0]), np.zeros(3)], mesh.normals @ cam.rotation]
-    ).astype(np.float32)
-    out["normal"] = ncam[tri + 2]
 
     def flow(other_cam, other_bodies: Bodies, **kw):
         return motion_vectors(
@@ -133,16 +136,17 @@ def frame_passes(
         out["dust"] = dust_alpha(dust[0], dust[1], dust[2], cam, r.depth)
     else:
         out["dust"] = np.zeros((h, w), dtype=np.float32)
-    a_dust = out["dust"]
-    covered = (r.ids > 0).astype(np.float32)
-    out["alpha"] = 1.0 - (1.0 - covered) * (1.0 - a_dust)
     sky, ground, dust_class = classes
-    seg_lut = np.concatenate([[ground, sky], mesh.tri_class]).astype(np.int64)
-    seg = seg_lut[tri + 2]
-    seg[a_dust > 0.5] = dust_class
-    out["seg"] = seg
+    # normals: the flat face normal in camera space (R^T n == n @ R); 0 for the sky
+    normal_lut = np.concatenate(
+        [[cam.rotation.T @ np.array([0.0, 1.0, 0.0]), np.zeros(3)], mesh.normals @ cam.rotation]
+    )
+    class_lut = np.concatenate([[ground, sky], mesh.tri_class])
+    out["normal"], out["seg"], out["alpha"] = lookup_passes(
+        tri, normal_lut, class_lut, out["dust"], dust_class
+    )
     if gl_rgba is not None:
-        out["beauty"] = beauty_pass(gl_rgba, a_dust, plate)
+        out["beauty"] = beauty_pass(gl_rgba, out["dust"], plate)
     return out
 
 

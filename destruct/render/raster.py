@@ -227,6 +227,41 @@ def add_ground(
     )
 
 
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _lookup(tri, normal_lut, class_lut, dust, dust_class, normal, seg, alpha):
+    h, w = tri.shape
+    for y in nb.prange(h):
+        for x in range(w):
+            t = tri[y, x] + 2  # GROUND -> 0, SKY -> 1, triangle i -> i + 2
+            for c in range(3):
+                normal[y, x, c] = normal_lut[t, c]
+            a = dust[y, x]
+            seg[y, x] = dust_class if a > 0.5 else class_lut[t]
+            alpha[y, x] = 1.0 if t >= 2 else a  # the pieces, or the dust in front of the sky
+
+
+def lookup_passes(tri, normal_lut, class_lut, dust, dust_class: int):
+    """normal (h, w, 3) f32, seg (h, w) uint8 and alpha (h, w) f32 of a raster in one pass:
+    each pixel's rows of ``normal_lut`` (T + 2, 3) and ``class_lut`` (T + 2,), indexed like
+    ``tri`` + 2 (ground, sky, triangles); dust coverage over 0.5 is ``dust_class`` in seg, and
+    alpha is 1 on the pieces, the dust coverage elsewhere."""
+    h, w = tri.shape
+    normal = np.empty((h, w, 3), dtype=np.float32)
+    seg = np.empty((h, w), dtype=np.uint8)
+    alpha = np.empty((h, w), dtype=np.float32)
+    _lookup(
+        tri,
+        np.ascontiguousarray(normal_lut, dtype=np.float32),
+        np.ascontiguousarray(class_lut, dtype=np.uint8),
+        np.ascontiguousarray(dust, dtype=np.float32),
+        dust_class,
+        normal,
+        seg,
+        alpha,
+    )
+    return normal, seg, alpha
+
+
 @nb.njit(cache=True, nogil=True)
 def _project(p, rot, pos, fx, fy, cx, cy):
     d0 = p[0] - pos[0]

@@ -1,7 +1,7 @@
 #version 330 core
 // destruct beauty pass, fragment stage: the diffuse term of a dielectric metallic-roughness
 // material (F0 = 0.04) lit by the directional lights and the ambient sky, with a 2x2
-// bilinear percentage-closer shadow lookup (4 depth reads instead of pyrender's 36) and a
+// bilinear percentage-closer shadow lookup (one comparing lookup instead of pyrender's 36) and a
 // slope-scaled bias measured in shadow-map texels. Output is display-referred like
 // pyrender's own shader (gamma 2.2) so the beauty keeps its look.
 struct DirectionalLight {
@@ -9,7 +9,7 @@ struct DirectionalLight {
     float intensity;
     vec3 direction;
 #ifdef DIRECTIONAL_LIGHT_SHADOWS
-    sampler2D shadow_map;
+    sampler2DShadow shadow_map;
     mat4 light_matrix;
 #endif
 };
@@ -33,7 +33,7 @@ out vec4 frag_color;
 const float DIFFUSE_SCALE = 0.96 * 0.96 / 3.14159265;
 
 #ifdef DIRECTIONAL_LIGHT_SHADOWS
-float lit_fraction(sampler2D shadow_map, mat4 light_matrix, float nl)
+float lit_fraction(sampler2DShadow shadow_map, mat4 light_matrix, float nl)
 {
     vec4 p = light_matrix * vec4(world_position, 1.0);
     vec3 c = p.xyz / p.w * 0.5 + 0.5;
@@ -47,16 +47,8 @@ float lit_fraction(sampler2D shadow_map, mat4 light_matrix, float nl)
     float tan_slope = sqrt(max(1.0 - nl * nl, 0.0)) / max(nl, 0.1);
     float bias = metres_per_texel * (1.0 + min(2.0 * tan_slope, 8.0)) * depth_per_metre;
     float d = c.z - bias;
-    // 2x2 bilinear percentage-closer filter from texel reads (no derivatives needed)
-    vec2 t = c.xy * size - 0.5;
-    vec2 f = fract(t);
-    ivec2 i0 = clamp(ivec2(floor(t)), ivec2(0), ivec2(size) - 1);
-    ivec2 i1 = min(i0 + 1, ivec2(size) - 1);
-    float l00 = d <= texelFetch(shadow_map, i0, 0).r ? 1.0 : 0.0;
-    float l10 = d <= texelFetch(shadow_map, ivec2(i1.x, i0.y), 0).r ? 1.0 : 0.0;
-    float l01 = d <= texelFetch(shadow_map, ivec2(i0.x, i1.y), 0).r ? 1.0 : 0.0;
-    float l11 = d <= texelFetch(shadow_map, i1, 0).r ? 1.0 : 0.0;
-    return mix(mix(l00, l10, f.x), mix(l01, l11, f.x), f.y);
+    // 2x2 bilinear percentage-closer filter: the sampler compares (GL_COMPARE_REF_TO_TEXTURE)
+    return texture(shadow_map, vec3(c.xy, d));
 }
 #endif
 
