@@ -160,6 +160,32 @@ def test_dust_only_in_alpha_seg_and_beauty(n_dust):
     np.testing.assert_array_equal(p["seg"] == 46, p["dust"] > 0.5)
 
 
+def test_dust_coverage_equals_the_gaussian_sprites_by_brute_force():
+    """Each sprite multiplies the transmittance by 1 - a exp(-2 d^2 / r^2) inside its disc
+    where the scene is behind it; sprites cut by every image edge, one left of the image
+    whose rows are in view, and one half behind a wall."""
+    from destruct.render.raster import dust_alpha
+
+    cam = _cam()  # fx = 160 px at 5 m: 32 px per metre at z = 0
+    pos = np.array(
+        [[0, 0, 0], [-2.6, 0.3, 0], [-3.2, -0.2, 0], [2.4, -1.8, 0], [0.2, 1.9, 0], [1, 0, -1]]
+    )
+    radii = np.array([0.5, 0.5, 0.3, 0.5, 0.4, 0.5])
+    alphas = np.array([0.5, 0.3, 0.9, 0.4, 0.6, 0.7])
+    scene = np.full((H, W), np.inf, dtype=np.float32)
+    scene[:, 100:] = 5.5  # a wall in front of the last sprite (depth 6) on the right
+    got = dust_alpha(pos, radii, alphas, cam, scene)
+    uv, depth = cam.project(pos)
+    r_px = radii * cam.fx / depth
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    t = np.ones((H, W))
+    for (u, v), d, r, a in zip(uv, depth, r_px, alphas):
+        d2 = (xs - u) ** 2 + (ys - v) ** 2
+        t *= np.where((d2 <= r * r) & (scene > d), 1 - a * np.exp(-2 * d2 / (r * r)), 1.0)
+    np.testing.assert_allclose(got, 1 - t, atol=1e-6)
+    assert got[:, :3].max() > 0.1 and got[:, 100:].max() > 0  # the cut sprites show
+
+
 def test_srgb_tables_round_trip_and_match_the_transfer_function():
     from destruct.render.passes import linear_to_srgb, linear_to_u8, u8_to_linear
 
