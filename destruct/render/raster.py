@@ -29,6 +29,33 @@ GROUND = -2
 BAND_ROWS = 8
 
 
+@nb.njit(cache=True, nogil=True)
+def _bands(row0, row1, height):
+    """Items per band of rows: (start (n_bands + 1,), items), band ``b`` holding ``items[start[b]:
+    start[b + 1]]``, in index order (so ties resolve as in one pass over all items). Item ``i``
+    spans rows ``row0[i]..row1[i]``; an empty span (row0 > row1) is in no band. Each band then
+    visits its own items instead of every item, which at 370 000 triangles was most of the fill."""
+    n_bands = (height + BAND_ROWS - 1) // BAND_ROWS
+    start = np.zeros(n_bands + 1, dtype=np.int64)
+    n = row0.shape[0]
+    for i in range(n):
+        if row0[i] > row1[i]:
+            continue
+        for b in range(max(row0[i], 0) // BAND_ROWS, min(row1[i], height - 1) // BAND_ROWS + 1):
+            start[b + 1] += 1
+    for b in range(n_bands):
+        start[b + 1] += start[b]
+    items = np.empty(start[n_bands], dtype=np.int32)
+    fill = start[:n_bands].copy()
+    for i in range(n):
+        if row0[i] > row1[i]:
+            continue
+        for b in range(max(row0[i], 0) // BAND_ROWS, min(row1[i], height - 1) // BAND_ROWS + 1):
+            items[fill[b]] = i
+            fill[b] += 1
+    return start, items
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def transform_vertices(local, body, rot, pos, out):
     """out[v] = rot[body[v]] @ local[v] + pos[body[v]]  ((V, 3) f32; rot (B, 3, 3), pos (B, 3))."""
@@ -118,9 +145,8 @@ def _setup(verts, faces, cam_rot, cam_pos, fx, fy, cx, cy, width, height, near, 
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _fill(coef, bbox, near, tri, inv_depth):
+def _fill(coef, bbox, start, items, near, tri, inv_depth):
     height, width = tri.shape
-    T = coef.shape[0]
     inv_near = 1.0 / near
     n_bands = (height + BAND_ROWS - 1) // BAND_ROWS
     for band in nb.prange(n_bands):
@@ -130,9 +156,8 @@ def _fill(coef, bbox, near, tri, inv_depth):
             for x in range(width):
                 tri[y, x] = -1
                 inv_depth[y, x] = 0.0
-        for t in range(T):
-            if bbox[t, 0] > bbox[t, 1]:
-                continue
+        for k in range(start[band], start[band + 1]):
+            t = items[k]
             y0 = max(bbox[t, 2], r0)
             y1 = min(bbox[t, 3], r1)
             if y0 > y1:
@@ -177,7 +202,10 @@ def rasterize(verts, faces, cam, *, near: float = 0.05):
         )
     tri = np.empty((cam.height, cam.width), dtype=np.int32)
     inv = np.empty((cam.height, cam.width))
-    _fill(coef, bbox, near, tri, inv)
+    # culled triangles (x0 > x1) get an empty row span too
+    row1 = np.where(bbox[:, 0] > bbox[:, 1], -1, bbox[:, 3])
+    start, items = _bands(bbox[:, 2], row1, cam.height)
+    _fill(coef, bbox, start, items, near, tri, inv)
     with np.errstate(divide="ignore"):
         depth = (1.0 / inv).astype(np.float32)
     return tri, depth
@@ -442,7 +470,7 @@ def motion_vectors(
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _splat(uv, depth, radius_px, alpha, scene_depth, out_t):
+def _splat(uv, depth, radius_px, alpha, start, items, scene_depth, out_t):
     """Multiply the transmittance out_t by (1 - a * gaussian) of each particle in front.
 
     The gaussian is separable, so a particle's column factors are computed once per band and
@@ -450,16 +478,14 @@ def _splat(uv, depth, radius_px, alpha, scene_depth, out_t):
     branch and no exp, and LLVM vectorises it (1.5-2x faster than an exp and a disc test per
     pixel: 90 000 sprites at 1280x720 take 0.12-0.15 CPU s instead of 0.2-0.26)."""
     h, w = out_t.shape
-    n = uv.shape[0]
     n_bands = (h + BAND_ROWS - 1) // BAND_ROWS
     for band in nb.prange(n_bands):
         r0 = band * BAND_ROWS
         r1 = min(r0 + BAND_ROWS, h) - 1
         gx = np.empty(w)  # this band's column factors of the current particle
-        for i in range(n):
+        for k in range(start[band], start[band + 1]):
+            i = items[k]
             r = radius_px[i]
-            if r <= 0.0:
-                continue
             u, v, di = uv[i, 0], uv[i, 1], depth[i]
             y0 = max(int(v - r), r0)
             y1 = min(int(v + r), r1)
@@ -505,11 +531,18 @@ def dust_alpha(positions, radii, alphas, cam, scene_depth, *, max_radius_px: flo
             np.minimum(np.asarray(radii) * cam.fx / np.where(front, d, 1.0), max_radius_px),
             0.0,
         )
+        # each sprite's rows, as the kernel truncates them (clipped first: no int overflow)
+        v = np.ascontiguousarray(uv[:, 1])
+        row0 = np.trunc(np.clip(v - r, -1, cam.height)).astype(np.int64)
+        row1 = np.where(r > 0, np.trunc(np.clip(v + r, -1, cam.height)), -2).astype(np.int64)
+        start, items = _bands(row0, row1, cam.height)
         _splat(
             np.ascontiguousarray(uv),
             np.ascontiguousarray(d),
             np.ascontiguousarray(r, dtype=np.float64),
             np.ascontiguousarray(alphas, dtype=np.float64),
+            start,
+            items,
             scene_depth,
             t,
         )
