@@ -10,9 +10,9 @@ The shaders are destruct's own (``shaders/``, loaded through pyrender's program 
 pyrender's physically based shader spends most of a frame on llvmpipe in its 36-read shadow
 filter; ours is the diffuse term with one comparing lookup (a 2x2 bilinear filter), and the
 sun's shadow map is fitted to the moving pieces (``shadow_extent``) instead of the whole ground
-square, so its texels are several times smaller than pyrender's default. At 2000 pieces and 1280x720 this halves the
-beauty's time; the images differ from pyrender's by the small specular term of these rough
-materials and by sharper shadows.
+square, so its texels are several times smaller than pyrender's default. At 2000 pieces and
+1280x720 this halves the beauty's time; the images differ from pyrender's by the small
+specular term of these rough materials and by sharper shadows.
 """
 
 from __future__ import annotations

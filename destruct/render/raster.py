@@ -265,7 +265,7 @@ def _lookup(tri, normal_lut, class_lut, dust, dust_class, normal, seg, alpha):
                 normal[y, x, c] = normal_lut[t, c]
             a = dust[y, x]
             seg[y, x] = dust_class if a > 0.5 else class_lut[t]
-            alpha[y, x] = 1.0 if t >= 2 else a  # the pieces, or the dust in front of the sky
+            alpha[y, x] = 1.0 if t >= 2 else a  # the pieces; elsewhere the dust's coverage
 
 
 def lookup_passes(tri, normal_lut, class_lut, dust, dust_class: int):
