@@ -23,7 +23,8 @@ core pays. Where it goes at 2000 pieces, each part alone on one thread: the EXR 
 of 26 channels 0.21, of which the five empty Cryptomatte ranks, ten zero channels, take 0.06
 and the four float motion channels 0.07), the GL beauty 0.14-0.17 (it was 1.0-1.4 with
 pyrender's shader and its 36-read shadow filter), the four PNGs 0.075, the passes 0.035-0.05,
-the exact raster 0.025. The stage overlaps them on four threads, so on two cores a frame takes about half their sum.
+the exact raster 0.025. The stage overlaps them on four threads, so on two cores a frame
+takes about half their sum.
 """
 
 from __future__ import annotations

@@ -470,7 +470,7 @@ def motion_vectors(
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _splat(uv, depth, radius_px, alpha, start, items, scene_depth, out_t):
+def _splat(uv, depth, radius_px, alpha, row0, row1, start, items, scene_depth, out_t):
     """Multiply the transmittance out_t by (1 - a * gaussian) of each particle in front.
 
     The gaussian is separable, so a particle's column factors are computed once per band and
@@ -487,8 +487,8 @@ def _splat(uv, depth, radius_px, alpha, start, items, scene_depth, out_t):
             i = items[k]
             r = radius_px[i]
             u, v, di = uv[i, 0], uv[i, 1], depth[i]
-            y0 = max(int(v - r), r0)
-            y1 = min(int(v + r), r1)
+            y0 = max(row0[i], r0)
+            y1 = min(row1[i], r1)
             if y0 > y1:
                 continue
             x0 = max(int(u - r), 0)
@@ -531,7 +531,7 @@ def dust_alpha(positions, radii, alphas, cam, scene_depth, *, max_radius_px: flo
             np.minimum(np.asarray(radii) * cam.fx / np.where(front, d, 1.0), max_radius_px),
             0.0,
         )
-        # each sprite's rows, as the kernel truncates them (clipped first: no int overflow)
+        # each sprite's rows (clipped before the cast: no int overflow), for its bands and the kernel
         v = np.ascontiguousarray(uv[:, 1])
         row0 = np.trunc(np.clip(v - r, -1, cam.height)).astype(np.int64)
         row1 = np.where(r > 0, np.trunc(np.clip(v + r, -1, cam.height)), -2).astype(np.int64)
@@ -541,6 +541,8 @@ def dust_alpha(positions, radii, alphas, cam, scene_depth, *, max_radius_px: flo
             np.ascontiguousarray(d),
             np.ascontiguousarray(r, dtype=np.float64),
             np.ascontiguousarray(alphas, dtype=np.float64),
+            row0,
+            row1,
             start,
             items,
             scene_depth,
