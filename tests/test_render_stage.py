@@ -269,6 +269,30 @@ def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_gr
     np.testing.assert_allclose(pixel([-0.9, 0.0, -0.8]), expect(G.GROUND_COLOR, sky), atol=2.0)
 
 
+def test_colour_only_read_equals_pyrenders_own_read():
+    """GLRenderer reads the colour alone (no depth readback); pyrender's own read of the same
+    scene gives the same RGBA, byte for byte."""
+    from destruct.camera import CameraFrame, look_at_rotation
+    from destruct.render import gl as G
+    from destruct.render.scene import PieceMesh, bodies_from_sim, material_looks
+
+    pc = box_pieces([[0.0, 0.5, 0.0], [1.2, 0.4, 0.3]], [[1.0, 1.0, 1.0], [0.6, 0.8, 0.5]])
+    mesh = PieceMesh(pc, material_looks(pc["material_names"]))
+    posed = mesh.pose(bodies_from_sim(sim_frame(1001, [[0.0, 0.5, 0.0], [1.2, 0.4, 0.3]]), 2, 2))
+    pos = np.array([-4.0, 3.0, -4.0])
+    cam = CameraFrame(pos, look_at_rotation(pos, [0.5, 0.3, 0.0]), 35.0, 36.0, 160, 120)
+    gl = G.GLRenderer(160, 120, ground_half_size=50.0, shadow_extent=3.0)
+    try:
+        ours = gl.render(posed, cam, 0.05, 200.0)
+        del gl._renderer._renderer._read_main_framebuffer  # pyrender's method again
+        stock = gl.render(posed, cam, 0.05, 200.0)
+    finally:
+        gl.close()
+    assert ours.shape == (120, 160, 4) and ours.dtype == np.uint8
+    assert len(np.unique(ours[..., 0])) > 10  # pieces, ground, shadow and sky
+    np.testing.assert_array_equal(ours, stock)
+
+
 def test_threaded_stage_writes_what_the_sequential_path_writes(rendered, tmp_path):
     """The stage overlaps GL, passes and writers on threads; frame 1002's files must equal
     those of the plain one-after-the-other path (GL render, all passes, write_frame)."""
