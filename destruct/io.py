@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,11 @@ def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        # numpy's own advice for a file that is not an npz ("allow_pickle=") is not ours to give
+        why = "not an npz archive" if "pickle" in str(e) else str(e)
         raise UserError(
-            f"{path} is unreadable ({e}); re-run the stage that writes it with --force"
+            f"{path} is unreadable ({why}); re-run the stage that writes it with --force"
         ) from None
     check_format(data.pop("format", "unlabelled"), format, path)
     return data

@@ -227,6 +227,7 @@ def _run_stage(
         force=force,
         quiet=quiet,
         _progress=progress,
+        inputs_hash=h,
     )
     say(f"{name}: running")
     t0 = time.perf_counter()

@@ -223,17 +223,26 @@ def _materials(pieces: dict[str, np.ndarray], shot: Shot) -> list[Any]:
     return [resolve(str(name), overrides) for name in pieces["material_names"]]
 
 
-def _resume_point(sim_dir: Path, first: int, last: int) -> int | None:
-    """The latest checkpoint frame in [first, last] whose frames first..it all exist."""
+def _resume_point(sim_dir: Path, first: int, last: int, key: str) -> tuple[int | None, dict]:
+    """The latest checkpoint frame in [first, last] whose frames first..it all exist and that
+    was made from the same inputs (``key``, the stage's inputs hash), with its arrays; (None,
+    {}) when there is none. A checkpoint of other inputs (the shot changed since) or one that
+    no longer reads (a damaged file) is passed over: the run starts further back."""
     found = []
     for p in sim_dir.glob("state.*.npz"):
         m = re.fullmatch(r"state\.(\d+)\.npz", p.name)
         if m and first <= int(m.group(1)) <= last:
             found.append(int(m.group(1)))
     for f in sorted(found, reverse=True):
-        if all(frame_path(sim_dir, g).is_file() for g in range(first, f + 1)):
-            return f
-    return None
+        if not all(frame_path(sim_dir, g).is_file() for g in range(first, f + 1)):
+            continue
+        try:
+            st = load_npz(state_path(sim_dir, f), STATE_FORMAT)
+        except UserError:
+            continue
+        if str(st.pop("inputs_hash", "")) == key:
+            return f, st
+    return None, {}
 
 
 def _empty_debris() -> dict[str, np.ndarray]:
@@ -287,10 +296,9 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
     energy_available = float(np.sum(w.masses()[:n_pieces] * g * (start_pos[:, 1] - floor)))
     energy_available += sum(0.5 * i.mass * _max_key_speed(i) ** 2 for i in shot.impactors)
 
-    resume = None if ctx.force else _resume_point(sim_dir, first, last)
+    resume, st = (None, {}) if ctx.force else _resume_point(sim_dir, first, last, ctx.inputs_hash)
     overloaded = None
     if resume is not None:
-        st = load_npz(state_path(sim_dir, resume), STATE_FORMAT)
         w.load_state({k[len("world_") :]: v for k, v in st.items() if k.startswith("world_")})
         record = SimRecord.from_arrays(st)
         start_pos = st["start_position"]
@@ -307,6 +315,7 @@ def run_simulate(ctx: StageContext) -> dict[str, Any]:
         arrays["start_position"] = start_pos
         if debris is not None:
             arrays.update(debris.state())
+        arrays["inputs_hash"] = np.array(ctx.inputs_hash)
         save_npz(state_path(sim_dir, frame), STATE_FORMAT, frame=np.int64(frame), **arrays)
 
     todo = list(range(next_frame, last + 1))

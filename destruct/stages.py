@@ -79,6 +79,8 @@ class StageContext:
     force: bool = False
     quiet: bool = False
     _progress: Any = field(default=None, repr=False)
+    #: the stage's inputs hash (pipeline.inputs_hash): what a stage's own caches are keyed by
+    inputs_hash: str = ""
 
     @property
     def run_dir(self) -> Path:

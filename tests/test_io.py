@@ -46,3 +46,21 @@ def test_json_round_trip_and_stale_temps(tmp_path):
     (tmp_path / f"{TMP_PREFIX}f.json.abc").write_text("half")
     assert remove_stale_temps(tmp_path) == 1
     assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "text"])
+def test_damaged_npz_is_one_user_error(tmp_path, damage):
+    """A cut-short file, a flipped byte (CRC mismatch) or a file that is not an npz: a
+    UserError naming the file and the fix, never zipfile's exception or numpy's pickle hint."""
+    path = save_npz(tmp_path / "a.npz", "destruct.sim/1", x=np.arange(1000.0))
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped byte":
+        data[len(data) // 3] ^= 0xFF
+    else:
+        data = bytearray(b"garbage, not an archive")
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="a.npz is unreadable") as e:
+        load_npz(path, "destruct.sim/1")
+    assert "--force" in str(e.value) and "pickle" not in str(e.value)

@@ -212,6 +212,37 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
             np.testing.assert_array_equal(resumed[n][key], value, err_msg=f"{n}:{key}")
 
 
+def test_checkpoints_of_other_inputs_or_damaged_ones_are_passed_over(tmp_path):
+    """A checkpoint is resumed only when it was made from the same inputs (the stage's inputs
+    hash) and still reads: a changed shot simulates from the start, a damaged newest
+    checkpoint falls back to the one before."""
+    import shutil
+
+    row_of_blocks(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    weak = {"time": 0.05, "position": [0.0, 0.5, 0.0], "radius": 1.6, "impulse": 6e4}
+    strong = {**weak, "impulse": 2e5}
+
+    def sim(run, charge, key):
+        ctx = make_ctx(run, frames=12, charges=[charge])
+        ctx.inputs_hash = key
+        return run_simulate(ctx)
+
+    sim(tmp_path / "a", weak, "weak")
+    # every frame and checkpoint of the weak charge is on disk, but the shot changed
+    assert sim(tmp_path / "a", strong, "strong")["resumed_from"] is None
+    sim(tmp_path / "b", strong, "strong")  # a fresh run of the changed shot
+    names = sorted(p.name for p in (tmp_path / "b" / "sim").glob("frame.*.npz")) + ["breaks.npz"]
+    changed, fresh = _arrays(tmp_path / "a", names), _arrays(tmp_path / "b", names)
+    for n in names:
+        for key, value in fresh[n].items():
+            np.testing.assert_array_equal(changed[n][key], value, err_msg=f"{n}:{key}")
+    # the newest checkpoint cut short (a full disk, a killed copy): the one before is resumed
+    newest = tmp_path / "a" / "sim" / "state.1012.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    assert sim(tmp_path / "a", strong, "strong")["resumed_from"] == 1008
+
+
 @pytest.fixture(scope="module")
 def default_fracture(tmp_path_factory):
     """The bundled default shot's fracture/ (about 800 pieces), prepared once."""
