@@ -248,6 +248,13 @@ def wedge(
     )
 
 
+def _interrupted() -> int:
+    from destruct.pipeline import INTERRUPTED
+
+    print(INTERRUPTED, file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one clear message and exit 2, never a traceback."""
     import warnings
@@ -263,13 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return 2
     except (click.exceptions.Abort, KeyboardInterrupt):
-        print(
-            "interrupted: finished frames are kept; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted()
     except click.exceptions.Exit as e:
         return e.exit_code
+    if rv == 130:  # typer turns Ctrl-C into exit code 130 itself (no command returns 130)
+        return _interrupted()
     return rv if isinstance(rv, int) else 0
 
 

@@ -178,6 +178,10 @@ def run(
     return result
 
 
+#: what a Ctrl-C leaves behind (the stage's reason in the manifest, the CLI's last line)
+INTERRUPTED = "interrupted: finished frames are kept; run the same command again to resume"
+
+
 def _run_stage(
     shot, rd, stage, requested, frame_list, backend, force, quiet, progress, say, ray=None
 ) -> bool:
@@ -250,6 +254,8 @@ def _run_stage(
         _record(rd, name, status="failed", reason=str(e).splitlines()[0], inputs_hash=h)
         raise
     except KeyboardInterrupt:
+        # the frames finished so far are on disk and recorded; the next run resumes from them
+        _record(rd, name, status="interrupted", reason=INTERRUPTED, inputs_hash=h)
         raise
     except Exception as e:
         _record(rd, name, status="failed", reason=f"{type(e).__name__}: {e}", inputs_hash=h)

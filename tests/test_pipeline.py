@@ -196,6 +196,38 @@ def test_stage_not_built_is_exit_code_3_through_the_cli(tmp_path, monkeypatch, c
     assert len(err) == 1 and err[0].startswith("error: stage 'render' is not built yet")
 
 
+def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of render (typer turns it into Exit(130)): exit code 130, the resume
+    line on stderr, the stage recorded as interrupted with the frames it finished; the same
+    command again renders only the rest."""
+    from destruct.cli import main
+    from destruct.pipeline import INTERRUPTED
+
+    def render_two_then_ctrl_c(ctx):
+        for f in ctx.frames_todo()[:2]:
+            CALLS.append(f"render {f}")
+            ctx.frame_done(f)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        "test_pipeline.fake_interrupted_render", render_two_then_ctrl_c, raising=False
+    )
+    monkeypatch.setitem(
+        stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_interrupted_render"
+    )
+    shot = tmp_path / "t.toml"
+    shot.write_text(small().to_toml())
+    args = ["run", str(shot), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == INTERRUPTED
+    render = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["render"]
+    assert render["status"] == "interrupted" and render["frames_done"] == [1, 2]
+    monkeypatch.setitem(stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render")
+    CALLS.clear()
+    assert main(args) == 0
+    assert CALLS == ["render 3", "render 4", "refine", "encode"]
+
+
 def _bump_manifest(root: str, key: str, times: int) -> None:
     from destruct.rundir import RunDir
 
