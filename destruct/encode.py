@@ -18,11 +18,14 @@ from destruct.errors import UserError
 from destruct.io import TMP_PREFIX, load_npz
 from destruct.render import SIM_FORMAT
 
+#: the fix for a pass file that does not read
+RERENDER = "re-render it: destruct run SHOT --stages render --force"
+
 
 def _read_rgb(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+    from destruct.io import read_image
 
-    img = np.asarray(iio.imread(path))
+    img = read_image(path, RERENDER)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     return img[..., :3].astype(np.uint8)
@@ -277,6 +280,19 @@ def run_encode(ctx) -> dict[str, Any]:
     if not have:
         raise UserError(
             f"no rendered frames in {run_dir / 'passes'}: run the render stage first (--stages render)"
+        )
+    # a frame recorded as rendered whose files are gone, or a hole in the frames rendered so far,
+    # would make a preview that jumps: name the frames instead
+    recorded = ctx.run.stage("render").get("frames_done", [])
+    lost = sorted(
+        ({f for f in recorded if f in frames} | set(range(have[0], have[-1] + 1))) - set(have)
+    )
+    if lost:
+        listed = ", ".join(map(str, lost[:5])) + (" ..." if len(lost) > 5 else "")
+        raise UserError(
+            f"frame{'s' if len(lost) > 1 else ''} {listed} {'have' if len(lost) > 1 else 'has'} no "
+            f"beauty in {run_dir / 'passes'} (deleted?); re-render: destruct run SHOT --stages "
+            f"render --frames {lost[0]}:{lost[-1]} --force"
         )
     figures: dict[str, Any] = {}
     with ctx.progress(len(have), "encode preview") as bar:

@@ -113,6 +113,19 @@ def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
     return data
 
 
+def read_image(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """An image file's pixels (imageio). A file that does not decode (cut short, not an image)
+    is a UserError naming it and ``fix``."""
+    import imageio.v3 as iio
+
+    try:
+        return np.asarray(iio.imread(path))
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow: "broken PNG" is a SyntaxError
+        # the first line: imageio goes on to suggest plugins to install, which would not help
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a readable image ({why}); {fix}") from None
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default)

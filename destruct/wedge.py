@@ -200,7 +200,7 @@ def _markdown(index: dict[str, Any]) -> str:
 
 def _middle_frame(run_dir: Path, shot: Shot) -> np.ndarray | None:
     """The variant's middle frame: refined if present, else the coarse beauty pass."""
-    import imageio.v3 as iio
+    from destruct.io import read_image
 
     frames = shot.frame_numbers()
     f = frames[len(frames) // 2]
@@ -209,7 +209,9 @@ def _middle_frame(run_dir: Path, shot: Shot) -> np.ndarray | None:
         run_dir / "passes" / "beauty" / f"{shot.shot.name}.{f:04d}.png",
     ):
         if p.is_file():
-            return np.asarray(iio.imread(p))[..., :3]
+            return read_image(
+                p, f"re-run the variant: destruct run {run_dir / 'shot.toml'} --force"
+            )[..., :3]
     return None
 
 

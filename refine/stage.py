@@ -97,8 +97,7 @@ class PassReader:
 
     def _seg_classes(self, frame: int) -> np.ndarray:
         """ADE20K class per pixel from the seg PNG (palette colours, nearest-neighbour exact)."""
-        import imageio.v3 as iio
-
+        from destruct.io import read_image
         from refine.conditioning import ADE20K_PALETTE
 
         path = self.dir / "seg" / f"{self.name}.{frame:04d}.png"
@@ -106,7 +105,7 @@ class PassReader:
             raise UserError(
                 f"{path} is missing: a seg ControlNet needs render.png = true and 'seg' in render.passes"
             )
-        rgb = np.asarray(iio.imread(path))[..., :3].astype(np.int32)
+        rgb = read_image(path, "re-run render with --force")[..., :3].astype(np.int32)
         key = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         pal = ADE20K_PALETTE.astype(np.int32)
         pal_key = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]

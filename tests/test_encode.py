@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pytest
 from _render_synth import box_pieces, sim_frame, write_run
 
 from destruct.encode import run_encode, sim_stats, write_mp4
+from destruct.errors import UserError
+from destruct.render import run_render
+from destruct.rundir import RunDir
+from destruct.shot import shot_from_dict
+from destruct.stages import Stage, StageContext
 
 
 def test_mp4_is_yuv420p_even_sized_and_complete(tmp_path):
@@ -24,12 +32,9 @@ def test_mp4_is_yuv420p_even_sized_and_complete(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_encode_stage_on_a_rendered_run(tmp_path):
-    from destruct.render import run_render
-    from destruct.rundir import RunDir
-    from destruct.shot import shot_from_dict
-    from destruct.stages import Stage, StageContext
-
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """Three frames of three boxes, rendered (passes/ and the manifest's render entry)."""
     centers = [[0.0, 0.5, 0.0], [1.0, 0.5, 0.0], [0.5, 1.5, 0.0]]
     pc = box_pieces(centers, [[0.95, 0.95, 0.95]] * 3)
     bonds = {
@@ -47,6 +52,7 @@ def test_encode_stage_on_a_rendered_run(tmp_path):
         d["bond_broken"] = np.array([False, k > 0, k > 1, False])
         d["kinetic_energy"] = np.float64(10.0 * k)
         frames[f] = d
+    tmp_path = tmp_path_factory.mktemp("enc")
     write_run(tmp_path, pc, frames, bonds)
     shot = shot_from_dict(
         {
@@ -58,12 +64,23 @@ def test_encode_stage_on_a_rendered_run(tmp_path):
             },
         }
     )
-    run_render(
-        StageContext(shot=shot, run=RunDir(tmp_path), stage=Stage.RENDER, frames=[1001, 1002, 1003])
+    ctx = StageContext(
+        shot=shot, run=RunDir(tmp_path), stage=Stage.RENDER, frames=[1001, 1002, 1003]
     )
-    figures = run_encode(
-        StageContext(shot=shot, run=RunDir(tmp_path), stage=Stage.ENCODE, frames=[1001, 1002, 1003])
+    run_render(ctx)
+    return shot, tmp_path
+
+
+def _encode(shot, run_dir):
+    return run_encode(
+        StageContext(shot=shot, run=RunDir(run_dir), stage=Stage.ENCODE, frames=[1001, 1002, 1003])
     )
+
+
+def test_encode_stage_on_a_rendered_run(rendered, tmp_path):
+    shot, src = rendered
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True)
+    figures = _encode(shot, tmp_path)
     assert (
         figures["preview_frames"] == 3
         and figures["overview_frame"] == 1002
@@ -75,3 +92,29 @@ def test_encode_stage_on_a_rendered_run(tmp_path):
     stats = sim_stats(tmp_path, [1001, 1002, 1003])
     np.testing.assert_array_equal(stats["bonds_broken"], [0, 1, 2])
     np.testing.assert_allclose(stats["kinetic_energy"], [0, 10, 20])
+
+
+@pytest.mark.parametrize("damage", ["png cut short", "exr cut short", "frame deleted"])
+def test_damaged_or_missing_passes_are_one_user_error(rendered, tmp_path, damage):
+    """A beauty PNG or EXR that no longer decodes, or a rendered frame's files deleted: one
+    UserError naming the file or frame and the re-render, and no preview of the frames that
+    are left."""
+    shot, src = rendered
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True)
+    png = tmp_path / "passes" / "beauty" / "enc.1002.png"
+    exr = tmp_path / "passes" / "enc.1002.exr"
+    if damage == "png cut short":
+        png.write_bytes(png.read_bytes()[:200])
+        match = "enc.1002.png is not a readable image"
+    elif damage == "exr cut short":
+        png.unlink()  # encode falls back to the EXR's beauty
+        exr.write_bytes(exr.read_bytes()[:300])
+        match = "enc.1002.exr is not a readable EXR"
+    else:
+        png.unlink()
+        exr.unlink()
+        match = "frame 1002 has no beauty"
+    with pytest.raises(UserError, match=match) as e:
+        _encode(shot, tmp_path)
+    assert "--stages render" in str(e.value) or "render with --force" in str(e.value)
+    assert not (tmp_path / "preview.mp4").exists()

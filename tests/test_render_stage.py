@@ -210,6 +210,9 @@ def test_plate_of_the_wrong_size_or_missing_is_a_user_error(tmp_path):
         load_plate(str(tmp_path / "bg.####.png"), 1002, 64, 40)
     lin = load_plate(str(tmp_path / "bg.####.png"), 1001, 64, 40)
     assert lin.shape == (40, 64, 3) and lin.dtype == np.float32 and lin.max() == 0
+    (tmp_path / "bg.1003.png").write_text("garbage")  # not an image
+    with pytest.raises(UserError, match="bg.1003.png is not a readable image.*render.plate"):
+        load_plate(str(tmp_path / "bg.####.png"), 1003, 64, 40)
 
 
 def test_sim_from_another_fracture_or_blown_up_is_a_user_error(tmp_path):

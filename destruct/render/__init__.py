@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from destruct.errors import UserError
-from destruct.io import atomic_write_bytes, load_npz, save_json
+from destruct.io import atomic_write_bytes, load_npz, read_image, save_json
 
 __all__ = ["FrameWriter", "RenderSetup", "load_plate", "run_render", "write_frame"]
 
@@ -39,8 +39,6 @@ def sim_path(run_dir: Path, frame: int) -> Path:
 
 def load_plate(pattern: str, frame: int, width: int, height: int) -> np.ndarray:
     """The background plate of ``frame`` (``####`` = frame number) as scene-linear (h, w, 3)."""
-    import imageio.v3 as iio
-
     from destruct.render.passes import srgb_to_linear, u8_to_linear
 
     path = Path(re.sub(r"#+", lambda m: f"{frame:0{len(m.group())}d}", pattern))
@@ -48,7 +46,7 @@ def load_plate(pattern: str, frame: int, width: int, height: int) -> np.ndarray:
         raise UserError(
             f"render.plate: {path} (frame {frame}) is missing; every rendered frame needs its plate"
         )
-    img = np.asarray(iio.imread(path))
+    img = read_image(path, "replace the file or point render.plate at readable images")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     img = img[..., :3]

@@ -99,11 +99,12 @@ def _open(path: str | os.PathLike, header_only: bool = False) -> tuple[dict, dic
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run the render stage first")
+    # the binding raises plain RuntimeError or ValueError on a damaged file, on opening or on
+    # the first access to its parts
     try:
         f = OpenEXR.File(str(path), separate_channels=True, header_only=header_only)
-    except Exception as e:  # noqa: BLE001 (the binding raises plain RuntimeError on a damaged file)
+        header = dict(f.header())
+        channels = {} if header_only else {n: ch.pixels for n, ch in f.channels().items()}
+    except Exception as e:  # noqa: BLE001
         raise UserError(f"{path} is not a readable EXR ({e}); re-run render with --force") from None
-    header = dict(f.header())
-    if header_only:
-        return header, {}
-    return header, {name: ch.pixels for name, ch in f.channels().items()}
+    return header, channels
