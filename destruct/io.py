@@ -120,7 +120,7 @@ def read_image(path: str | os.PathLike, fix: str) -> np.ndarray:
 
     try:
         return np.asarray(iio.imread(path))
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow: "broken PNG" is a SyntaxError
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # a broken PNG: SyntaxError
         # the first line: imageio goes on to suggest plugins to install, which would not help
         why = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path} is not a readable image ({why}); {fix}") from None
