@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from destruct.errors import UserError
+from destruct.errors import StageSkipped, UserError
 from destruct.io import TMP_PREFIX, load_npz
 from destruct.render import SIM_FORMAT
 
@@ -276,6 +276,10 @@ def run_encode(ctx) -> dict[str, Any]:
     s = shot.shot
     frames = list(range(s.start_frame, s.start_frame + s.frames))
     name = s.name
+    if "beauty" not in shot.render.passes:
+        raise StageSkipped(
+            "render.passes has no 'beauty', so there is nothing to preview; add it and re-render"
+        )
     have = [f for f in frames if _beauty_frame_exists(run_dir, name, f)]
     if not have:
         raise UserError(

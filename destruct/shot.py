@@ -257,6 +257,22 @@ class Render(_Section):
         None, description="background plate, #### = frame number, relative to the shot file"
     )
 
+    @model_validator(mode="after")
+    def _writes_something(self) -> Render:
+        if not self.passes:
+            raise ValueError(f"render.passes is empty; name some of: {', '.join(PASS_NAMES)}")
+        if not (self.exr or self.png):
+            raise ValueError(
+                "render.exr and render.png are both false: the render stage would write nothing; "
+                "set one of them true"
+            )
+        if self.exr and set(self.passes) <= {"seg"}:
+            raise ValueError(
+                "render.passes = ['seg'] has no layer for the EXR (seg is written as a PNG only); "
+                "add a pass or set render.exr = false"
+            )
+        return self
+
 
 class ControlNetSpec(_Section):
     kind: Literal["depth", "normal", "seg"] = Field(
@@ -536,9 +552,29 @@ def _resolve_paths(shot: Shot, base: Path, source: str) -> None:
     for i, spec in enumerate(shot.refine.controlnets):
         spec.model = _model_ref(base, spec.model, f"refine.controlnets[{i}].model", source)
     shot.refine.model = _model_ref(base, shot.refine.model, "refine.model", source)
+    if shot.output.dir:  # resolved against the current folder when the run starts
+        _check_path_text(shot.output.dir, "output.dir", source)
+
+
+#: the longest path and file name Linux takes (PATH_MAX, NAME_MAX)
+PATH_MAX, NAME_MAX = 4096, 255
+
+
+def _check_path_text(raw: str, key: str, source: str) -> None:
+    """A path the OS could not even look up (a NUL byte, a name over NAME_MAX bytes) is the
+    shot's mistake, said as such, not an exception from the first file call."""
+    if "\0" in raw:
+        raise UserError(f"{source}: {key} = {raw!r} holds a NUL character; give a plain path")
+    longest = max((len(part.encode()) for part in Path(raw).parts), default=0)
+    if len(raw.encode()) >= PATH_MAX or longest > NAME_MAX:
+        raise UserError(
+            f"{source}: {key} = {raw[:40]!r}... is too long for a path (at most {NAME_MAX} bytes a "
+            f"name, {PATH_MAX} in all)"
+        )
 
 
 def _resolve(base: Path, raw: str, key: str, source: str) -> Path:
+    _check_path_text(raw, key, source)
     try:
         return (base / Path(raw).expanduser()).resolve(strict=False)
     except (OSError, RuntimeError) as e:
@@ -567,6 +603,7 @@ def _resolve_file(base: Path, raw: str, key: str, source: str) -> Path:
 
 def _model_ref(base: Path, raw: str, key: str, source: str) -> str:
     """A local folder (resolved, must exist) or a Hub repo id ``org/name`` (looked up in the cache later)."""
+    _check_path_text(raw, key, source)
     looks_local = raw.startswith((".", "/", "~")) or raw.count("/") != 1
     if not looks_local and not (base / raw).exists():
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw):

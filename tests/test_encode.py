@@ -118,3 +118,15 @@ def test_damaged_or_missing_passes_are_one_user_error(rendered, tmp_path, damage
         _encode(shot, tmp_path)
     assert "--stages render" in str(e.value) or "render with --force" in str(e.value)
     assert not (tmp_path / "preview.mp4").exists()
+
+
+def test_without_a_beauty_pass_encode_is_skipped_saying_why(rendered, tmp_path):
+    from destruct.errors import StageSkipped
+
+    shot, src = rendered
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True)
+    data = shot.model_dump()
+    data["render"]["passes"] = ["depth", "normal"]
+    with pytest.raises(StageSkipped, match="render.passes has no 'beauty'"):
+        _encode(shot_from_dict(data), tmp_path)
+    assert not (tmp_path / "preview.mp4").exists()

@@ -228,6 +228,16 @@ def test_sim_from_another_fracture_or_blown_up_is_a_user_error(tmp_path):
     write_run(tmp_path, pc, {1001: sim_frame(1001, [[0.0, np.nan, 0.0], [2.0, 0.5, 0.0]])})
     with pytest.raises(UserError, match="not finite"):
         RenderSetup(shot, tmp_path)
+    # a camera that looks away from everything: the user error names the building's centre
+    away = shot_from_dict(
+        {
+            "shot": {"name": "bad", "frames": 1},
+            "camera": {"position": [1, 1, 10], "look_at": [1, 1, 40]},
+        }
+    )
+    write_run(tmp_path, pc, {1001: sim_frame(1001, [[0.0, 0.5, 0.0], [2.0, 0.5, 0.0]])})
+    with pytest.raises(UserError, match=r"behind the camera.*camera.look_at.*\[1.0, 0.5, 0.0\]"):
+        RenderSetup(away, tmp_path)
 
 
 def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_ground():

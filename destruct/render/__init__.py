@@ -110,9 +110,16 @@ class RenderSetup:
         # the sun's shadow map covers this far around the scene's centre (GLRenderer)
         self.shadow_extent = float(np.linalg.norm(hi - lo))
         self.n_bodies = self.mesh.n_pieces + max_rubble + 1
-        self.near, self.far = depth_range(
-            bounds_corners(lo, hi), [c.view_matrix() for c in self.cameras.values()]
-        )
+        try:
+            self.near, self.far = depth_range(
+                bounds_corners(lo, hi), [c.view_matrix() for c in self.cameras.values()]
+            )
+        except ValueError:
+            centre = ", ".join(f"{v:.1f}" for v in (lo + hi) / 2)
+            raise UserError(
+                f"camera: everything the simulation moves is behind the camera in every frame; "
+                f"point camera.look_at at the building (its centre is at [{centre}])"
+            ) from None
         self.ground = Ground()
         if shot.sim.ground:
             size = float(np.max(hi - lo))
