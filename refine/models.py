@@ -132,6 +132,7 @@ def pull(name: str, cache_dir: str | os.PathLike | None = None) -> list[Path]:
     """Download a recommended family (``"sd15"``, ``"sdxl"``) or one repo id into the Hugging
     Face cache: configs and safetensors only. Returns the local snapshot folders."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     if name in RECOMMENDED:
         specs = RECOMMENDED[name]
@@ -144,12 +145,25 @@ def pull(name: str, cache_dir: str | os.PathLike | None = None) -> list[Path]:
         )
     paths = []
     for spec in specs:
-        path = snapshot_download(
-            spec.repo,
-            allow_patterns=list(spec.allow_patterns),
-            ignore_patterns=["*" + s for s in PICKLED_SUFFIXES],
-            cache_dir=_hub_cache(cache_dir),
-        )
+        try:
+            path = snapshot_download(
+                spec.repo,
+                allow_patterns=list(spec.allow_patterns),
+                ignore_patterns=["*" + s for s in PICKLED_SUFFIXES],
+                cache_dir=_hub_cache(cache_dir),
+            )
+        except RepositoryNotFoundError:
+            raise UserError(
+                f"models pull: the Hugging Face Hub has no repo {spec.repo!r} (or it needs a "
+                "login: hf auth login)"
+            ) from None
+        except OSError as e:  # no network (LocalEntryNotFoundError), HTTP errors, a full disk
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(
+                f"models pull: cannot download {spec.repo} ({why}); run it where huggingface.co "
+                "(or HF_ENDPOINT) is reachable, or copy the model folder here and give its path "
+                "in refine.model"
+            ) from None
         paths.append(Path(path))
     return paths
 

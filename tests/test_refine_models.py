@@ -163,3 +163,22 @@ def test_pull_fetches_configs_and_safetensors_only(monkeypatch, tmp_path):
         assert kw["cache_dir"] == str(tmp_path)
     with pytest.raises(UserError, match="recommended set"):
         pull("not-a-set")
+
+
+@pytest.mark.parametrize("failure", ["offline", "no such repo"])
+def test_pull_without_the_hub_is_one_user_error(monkeypatch, tmp_path, failure):
+    import httpx
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def fake_snapshot_download(repo_id, **kw):
+        if failure == "offline":
+            raise LocalEntryNotFoundError(
+                "Cannot find the requested files in the local cache.\nmore"
+            )
+        response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co"))
+        raise RepositoryNotFoundError("404", response=response)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    match = "cannot download .*refine.model" if failure == "offline" else "has no repo 'org/none'"
+    with pytest.raises(UserError, match=match):
+        pull("sd15" if failure == "offline" else "org/none", cache_dir=tmp_path)
