@@ -142,15 +142,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def load_json(path: str | os.PathLike, format: str | None = None) -> Any:
-    """Read JSON; with ``format``, check the object's ``"format"`` label."""
+def load_json(path: str | os.PathLike, format: str | None = None, *, fix: str = "") -> Any:
+    """Read JSON; with ``format``, check the object's ``"format"`` label. ``fix``: what the
+    message for a file that is not JSON tells the user to do."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} is missing: run the stage that writes it first") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
+        raise UserError(f"{path} is not valid JSON ({e}){'; ' + fix if fix else ''}") from None
     if format is not None:
         check_format(
             obj.get("format", "unlabelled") if isinstance(obj, dict) else "unlabelled", format, path

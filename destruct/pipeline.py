@@ -155,6 +155,8 @@ def run(
     rd.create()
     remove_stale_temps(rd.root)
     say = log or (lambda msg: None)
+    if force and (kept := rd.set_aside_damaged()):
+        say(f"warning: {rd.manifest_path} did not read: kept as {kept.name}; starting it over")
 
     with rd.update() as m:
         m["format"] = MANIFEST_FORMAT

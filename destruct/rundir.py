@@ -20,6 +20,11 @@ from destruct.errors import UserError
 from destruct.io import load_json, save_json
 
 MANIFEST_FORMAT = "destruct.manifest/1"
+#: what to do about a manifest that does not read (RunDir.set_aside_damaged)
+DAMAGED_FIX = (
+    "run the same command with --force to start the run folder's record over (the damaged "
+    "manifest is kept as manifest.json.damaged)"
+)
 
 
 class RunDir:
@@ -59,7 +64,23 @@ class RunDir:
         """The manifest, or an empty one when none exists yet."""
         if not self.manifest_path.exists():
             return {"format": MANIFEST_FORMAT, "stages": {}}
-        return load_json(self.manifest_path, MANIFEST_FORMAT)
+        m = load_json(self.manifest_path, MANIFEST_FORMAT, fix=DAMAGED_FIX)
+        problem = _manifest_problem(m)
+        if problem:
+            raise UserError(f"{self.manifest_path} is damaged ({problem}); {DAMAGED_FIX}")
+        return m
+
+    def set_aside_damaged(self) -> Path | None:
+        """For --force: a manifest that does not read is renamed ``manifest.json.damaged``, so the
+        run starts a new one (every stage runs again anyway). Returns the new name, or None when
+        the manifest reads or there is none."""
+        try:
+            self.read()
+        except UserError:
+            kept = self.manifest_path.with_name("manifest.json.damaged")
+            self.manifest_path.replace(kept)
+            return kept
+        return None
 
     @contextlib.contextmanager
     def update(self) -> Iterator[dict[str, Any]]:
@@ -82,3 +103,23 @@ class RunDir:
     def stage(self, name: str) -> dict[str, Any]:
         """The manifest entry of one stage (empty dict when it never ran)."""
         return self.read().get("stages", {}).get(name, {})
+
+
+def _manifest_problem(m: dict) -> str:
+    """What is wrong with the shape of a manifest (a hand edit gone wrong), or ''."""
+    stages = m.get("stages", {})
+    if not isinstance(stages, dict):
+        return f"'stages' is a {type(stages).__name__}, not an object"
+    for name, e in stages.items():
+        if not isinstance(e, dict):
+            return f"stages.{name} is a {type(e).__name__}, not an object"
+        done = e.get("frames_done", [])
+        if not isinstance(done, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in done
+        ):
+            return f"stages.{name}.frames_done is not a list of frame numbers"
+        if not isinstance(e.get("figures", {}), dict):
+            return f"stages.{name}.figures is not an object"
+        if not isinstance(e.get("status", ""), str):
+            return f"stages.{name}.status is not a string"
+    return ""

@@ -228,6 +228,49 @@ def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(tmp_path, m
     assert CALLS == ["render 3", "render 4", "refine", "encode"]
 
 
+DAMAGES = {
+    "cut short": lambda text: text[: len(text) // 2],
+    "stages a list": lambda text: _edit(text, lambda m: m.update(stages=[])),
+    "stage a string": lambda text: _edit(text, lambda m: m["stages"].update(prepare="done")),
+    "frames_done text": lambda text: _edit(
+        text, lambda m: m["stages"]["render"].update(frames_done="abc")
+    ),
+    "frames_done null": lambda text: _edit(
+        text, lambda m: m["stages"]["render"].update(frames_done=None)
+    ),
+    "figures a list": lambda text: _edit(text, lambda m: m["stages"]["prepare"].update(figures=[])),
+}
+
+
+def _edit(text, change):
+    m = json.loads(text)
+    change(m)
+    return json.dumps(m)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_manifest_is_one_user_error_and_force_starts_it_over(tmp_path, capsys, damage):
+    """A manifest cut short or hand-edited into the wrong shape: run and info give one line
+    naming the file and the fix (--force); --force keeps the damaged file aside and reruns."""
+    from destruct.cli import main
+
+    run(small(), tmp_path)
+    path = tmp_path / "manifest.json"
+    damaged = DAMAGES[damage](path.read_text())
+    path.write_text(damaged)
+    with pytest.raises(UserError, match="manifest.json is (damaged|not valid JSON).*--force"):
+        run(small(), tmp_path)
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
+    CALLS.clear()
+    r = run(small(), tmp_path, force=True)
+    assert (
+        CALLS[:2] == ["prepare", "simulate"] and r.manifest["stages"]["render"]["status"] == "done"
+    )
+    assert (tmp_path / "manifest.json.damaged").read_text() == damaged
+
+
 def _bump_manifest(root: str, key: str, times: int) -> None:
     from destruct.rundir import RunDir
 
