@@ -20,7 +20,7 @@ from destruct.errors import DestructError, StageSkipped, UserError
 from destruct.io import atomic_write_bytes, remove_stale_temps
 from destruct.rundir import MANIFEST_FORMAT, RunDir
 from destruct.shot import Shot
-from destruct.stages import PER_FRAME, Stage, StageContext, entry_point
+from destruct.stages import FRAME_OUTPUTS, PER_FRAME, Stage, StageContext, entry_point
 
 ORDER = list(Stage)
 
@@ -219,10 +219,21 @@ def _run_stage(
     elif entry.get("status") == "done" and (
         stage not in PER_FRAME or set(stage_frames) <= set(entry.get("frames_done", []))
     ):
-        say(f"{name}: up to date")
-        if stage is Stage.SIMULATE and shot.output.usd and not rd.path("scene.usdc").is_file():
-            _export_usd(rd, say)  # usd switched on after the simulation ran
-        return False
+        lost = _lost_frames(shot, rd, stage, stage_frames)
+        if not lost:
+            say(f"{name}: up to date")
+            if stage is Stage.SIMULATE and shot.output.usd and not rd.path("scene.usdc").is_file():
+                _export_usd(rd, say)  # usd switched on after the simulation ran
+            return False
+        # files deleted since: redo those frames (simulate resumes from the last checkpoint
+        # before the first hole)
+        say(
+            f"{name}: frames {lost[0]}..{lost[-1]} are recorded done but files are gone; redoing them"
+        )
+        with rd.update() as m:
+            e = m["stages"][name]
+            e["frames_done"] = sorted(set(e.get("frames_done", [])) - set(lost))
+            e["status"] = "partial"
 
     ctx = StageContext(
         shot=shot,
@@ -280,6 +291,18 @@ def _run_stage(
     if stage is Stage.SIMULATE and shot.output.usd:
         _export_usd(rd, say)
     return True
+
+
+def _lost_frames(shot: Shot, rd: RunDir, stage: Stage, frames: list[int]) -> list[int]:
+    """Frames of ``frames`` recorded done (every frame for a stage that is not per frame)
+    that lack one of their files (stages.FRAME_OUTPUTS)."""
+    outputs = FRAME_OUTPUTS.get(stage)
+    if outputs is None:
+        return []
+    if stage in PER_FRAME:
+        done = set(rd.stage(stage.value).get("frames_done", []))
+        frames = [f for f in frames if f in done]
+    return [f for f in frames if not all((rd.root / p).is_file() for p in outputs(shot, f))]
 
 
 def _farm_refine(ctx: StageContext, address: str, say) -> None:

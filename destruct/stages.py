@@ -44,6 +44,21 @@ ENTRY_POINTS: dict[Stage, str] = {
 PER_FRAME = {Stage.RENDER, Stage.REFINE}
 
 
+def _render_outputs(shot: Shot, f: int) -> list[str]:
+    stem, r = f"{shot.shot.name}.{f:04d}", shot.render
+    pngs = [p for p in ("beauty", "depth", "normal", "seg") if p in r.passes] if r.png else []
+    return ([f"passes/{stem}.exr"] if r.exr else []) + [f"passes/{p}/{stem}.png" for p in pngs]
+
+
+#: The files (relative to the run folder) each frame of a stage leaves, so a stage recorded
+#: as done whose files were deleted since is noticed and redone (pipeline._lost_frames).
+FRAME_OUTPUTS: dict[Stage, Callable[[Shot, int], list[str]]] = {
+    Stage.SIMULATE: lambda shot, f: [f"sim/frame.{f:04d}.npz"],
+    Stage.RENDER: _render_outputs,
+    Stage.REFINE: lambda shot, f: [f"refine/{shot.shot.name}.{f:04d}.png"],
+}
+
+
 def entry_point(stage: Stage) -> Callable[[StageContext], dict[str, Any]]:
     """Import a stage's function; a missing one is a stage not built yet (exit 3)."""
     module, func = ENTRY_POINTS[stage].split(":")

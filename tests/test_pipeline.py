@@ -75,6 +75,10 @@ def fake_stages(monkeypatch):
             Stage.ENCODE: "test_pipeline:fake_encode",
         },
     )
+    # the fake render's one file per frame (the fake simulate writes the real sim/ names)
+    monkeypatch.setitem(
+        stage_registry.FRAME_OUTPUTS, Stage.RENDER, lambda shot, f: [f"passes/{f}.txt"]
+    )
     CALLS.clear()
 
 
@@ -269,6 +273,21 @@ def test_a_damaged_manifest_is_one_user_error_and_force_starts_it_over(tmp_path,
         CALLS[:2] == ["prepare", "simulate"] and r.manifest["stages"]["render"]["status"] == "done"
     )
     assert (tmp_path / "manifest.json.damaged").read_text() == damaged
+
+
+def test_frames_whose_files_were_deleted_are_redone(tmp_path):
+    """A stage recorded done whose files were deleted since is not up to date: render redoes
+    the frames that lost a file, simulate runs again."""
+    run(small(), tmp_path)
+    (tmp_path / "passes" / "3.txt").unlink()
+    CALLS.clear()
+    r = run(small(), tmp_path)
+    assert CALLS == ["render 3", "refine"]  # refine: skipped, so tried again
+    assert r.manifest["stages"]["render"]["status"] == "done"
+    (tmp_path / "sim" / "frame.0002.npz").unlink()
+    CALLS.clear()
+    run(small(), tmp_path)
+    assert CALLS[0] == "simulate" and (tmp_path / "sim" / "frame.0002.npz").is_file()
 
 
 def _bump_manifest(root: str, key: str, times: int) -> None:
