@@ -82,7 +82,10 @@ def check_format(found: Any, expected: str, path: Path) -> None:
             f"{path}: format {found!r} is not readable by this destruct (it reads {expected!r}); "
             "re-run the stage that wrote it with --force, or use the destruct version that wrote it"
         )
-    raise UserError(f"{path}: expected a {expected!r} file, found format {found!r}")
+    raise UserError(
+        f"{path}: expected a {expected!r} file, found format {found!r}; re-run the stage that "
+        "writes it with --force"
+    )
 
 
 def save_npz(path: str | os.PathLike, format: str, **arrays: Any) -> Path:

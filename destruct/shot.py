@@ -316,7 +316,9 @@ class Refine(_Section):
         "stable-diffusion-v1-5/stable-diffusion-v1-5", description="local folder or Hub repo id"
     )
     controlnets: list[ControlNetSpec] = Field(
-        default_factory=_default_controlnets, description="ControlNets"
+        default_factory=_default_controlnets,
+        min_length=1,
+        description="ControlNets (at least one: the passes are what keeps diffusion to the simulation)",
     )
     prompt: str = Field(
         "photograph of a concrete building collapsing, dust clouds, debris, overcast daylight, 35mm film",
@@ -464,7 +466,8 @@ def _error_lines(err: ValidationError, source: str) -> list[str]:
         else:
             value = e.get("input")
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-            msg = f"{key} = {shown}: {e['msg'].lower()}"
+            text = str(e["msg"])
+            msg = f"{key} = {shown}: {text[:1].lower()}{text[1:]}"
         lines.append(f"{source}: {_one_line(msg)}")
     return lines
 
@@ -512,7 +515,7 @@ def load_shot(path: str | Path) -> Shot:
     """Read and validate a shot TOML file (DESIGN.md section 4). Raises UserError."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
     except FileNotFoundError:
         raise UserError(f"shot file {path} does not exist") from None
     except IsADirectoryError:

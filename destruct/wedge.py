@@ -99,6 +99,10 @@ def variants(shot_path: Path, sets: list[str]) -> list[Variant]:
     raw = tomllib.loads(Path(shot_path).read_text())
     base_name = raw.get("shot", {}).get("name", "shot")
     axes = [parse_set(s) for s in sets]
+    keys = [k for k, _ in axes]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise UserError(f"--set {k} is given twice; list every value in one: --set {k}=a,b,c")
     out = []
     for i, combo in enumerate(itertools.product(*(vals for _, vals in axes))):
         data = copy.deepcopy(raw)

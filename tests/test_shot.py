@@ -139,3 +139,13 @@ def test_cli_validate_bad_shot_exits_2_without_traceback(write_shot, text, needl
 def test_cli_validate_default_shot():
     r = run_cli("validate", destruct.default_shot_path())
     assert r.returncode == 0 and r.stdout.startswith("ok: ")
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path):
+    """Windows editors start a UTF-8 file with a byte-order mark; the shot reads the same."""
+    from destruct.shot import load_shot
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[shot]\nname = "bom"\nframes = 12\n')
+    shot = load_shot(path)
+    assert shot.shot.name == "bom" and shot.shot.frames == 12

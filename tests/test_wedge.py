@@ -80,6 +80,8 @@ def test_variants_are_the_cartesian_product(shot_file):
         variants(shot_file, ["charges.3.impulse=1,2"])
     with pytest.raises(UserError, match="fracture.pieces = -1"):
         variants(shot_file, ["fracture.pieces=-1,5"])
+    with pytest.raises(UserError, match="--set shot.frames is given twice"):
+        variants(shot_file, ["shot.frames=2", "shot.frames=3"])
 
 
 def test_two_variant_wedge_writes_runs_sheet_and_index(shot_file, tmp_path):
