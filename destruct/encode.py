@@ -285,18 +285,21 @@ def run_encode(ctx) -> dict[str, Any]:
         raise UserError(
             f"no rendered frames in {run_dir / 'passes'}: run the render stage first (--stages render)"
         )
-    # a frame recorded as rendered whose files are gone, or a hole in the frames rendered so far,
-    # would make a preview that jumps: name the frames instead
-    recorded = ctx.run.stage("render").get("frames_done", [])
-    lost = sorted(
-        ({f for f in recorded if f in frames} | set(range(have[0], have[-1] + 1))) - set(have)
-    )
-    if lost:
-        listed = ", ".join(map(str, lost[:5])) + (" ..." if len(lost) > 5 else "")
+    # a frame recorded as rendered whose files are gone, or a hole in the frames rendered so far
+    # (farm chunks landing out of order), would make a preview that jumps: name the frames
+    recorded = {f for f in ctx.run.stage("render").get("frames_done", []) if f in frames}
+    deleted = sorted(recorded - set(have))
+    if deleted:
         raise UserError(
-            f"frame{'s' if len(lost) > 1 else ''} {listed} {'have' if len(lost) > 1 else 'has'} no "
-            f"beauty in {run_dir / 'passes'} (deleted?); re-render: destruct run SHOT --stages "
-            f"render --frames {lost[0]}:{lost[-1]} --force"
+            f"{_frames_text(deleted)} recorded as rendered but {run_dir / 'passes'} has no beauty "
+            f"for them (deleted?); re-render: destruct run SHOT --stages render --frames "
+            f"{deleted[0]}:{deleted[-1]} --force"
+        )
+    hole = sorted(set(range(have[0], have[-1] + 1)) - set(have))
+    if hole:
+        raise UserError(
+            f"{_frames_text(hole)} not rendered yet, between rendered ones; render them first: "
+            f"destruct run SHOT --stages render --frames {hole[0]}:{hole[-1]}"
         )
     figures: dict[str, Any] = {}
     with ctx.progress(len(have), "encode preview") as bar:
@@ -325,6 +328,12 @@ def run_encode(ctx) -> dict[str, Any]:
             f"encode: {len(frames) - len(have)} of {len(frames)} frames are not rendered yet; preview.mp4 skips them"
         )
     return figures
+
+
+def _frames_text(frames: list[int]) -> str:
+    """'frame 1002 is' or 'frames 1002, 1003, ... are' (the first five)."""
+    listed = ", ".join(map(str, frames[:5])) + (" ..." if len(frames) > 5 else "")
+    return f"frames {listed} are" if len(frames) > 1 else f"frame {listed} is"
 
 
 def _beauty_frame_exists(run_dir: Path, name: str, frame: int) -> bool:

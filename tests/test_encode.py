@@ -94,7 +94,9 @@ def test_encode_stage_on_a_rendered_run(rendered, tmp_path):
     np.testing.assert_allclose(stats["kinetic_energy"], [0, 10, 20])
 
 
-@pytest.mark.parametrize("damage", ["png cut short", "exr cut short", "frame deleted"])
+@pytest.mark.parametrize(
+    "damage", ["png cut short", "exr cut short", "frame deleted", "frame not rendered"]
+)
 def test_damaged_or_missing_passes_are_one_user_error(rendered, tmp_path, damage):
     """A beauty PNG or EXR that no longer decodes, or a rendered frame's files deleted: one
     UserError naming the file or frame and the re-render, and no preview of the frames that
@@ -110,13 +112,21 @@ def test_damaged_or_missing_passes_are_one_user_error(rendered, tmp_path, damage
         png.unlink()  # encode falls back to the EXR's beauty
         exr.write_bytes(exr.read_bytes()[:300])
         match = "enc.1002.exr is not a readable EXR"
-    else:
+    elif damage == "frame deleted":
         png.unlink()
         exr.unlink()
-        match = "frame 1002 has no beauty"
+        match = "frame 1002 is recorded as rendered but .* has no beauty"
+    else:  # a farm chunk not landed yet, between two that have
+        png.unlink()
+        exr.unlink()
+        manifest = RunDir(tmp_path)
+        with manifest.update() as m:
+            m["stages"]["render"]["frames_done"] = [1001, 1003]
+        match = "frame 1002 is not rendered yet, between rendered ones"
     with pytest.raises(UserError, match=match) as e:
         _encode(shot, tmp_path)
     assert "--stages render" in str(e.value) or "render with --force" in str(e.value)
+    assert "--force" in str(e.value) or damage == "frame not rendered"
     assert not (tmp_path / "preview.mp4").exists()
 
 
