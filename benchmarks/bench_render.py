@@ -21,7 +21,7 @@ move with its load (``load_average``): compare the columns of one run. ``cpu_s_p
 (``time.process_time``, llvmpipe's threads included) is what a farm node running one frame per
 core pays. Where it goes at 2000 pieces, each part alone on one thread: the EXR 0.26 (ZIP
 of 26 channels 0.21, of which the five empty Cryptomatte ranks, ten zero channels, take 0.06
-and the four float motion channels 0.07), the GL beauty 0.14-0.17 (it was 1.0-1.4 with
+and the four float motion channels 0.07), the GL beauty 0.13-0.15 (it was 1.0-1.4 with
 pyrender's shader and its 36-read shadow filter), the four PNGs 0.075, the passes 0.035-0.05,
 the exact raster 0.025. The stage overlaps them on four threads, so on two cores a frame
 takes about half their sum.
