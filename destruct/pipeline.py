@@ -216,17 +216,9 @@ def _run_stage(
     if not same_inputs or force:
         with rd.update() as m:
             m["stages"][name] = {"status": "running", "inputs_hash": h, "frames_done": []}
-    elif entry.get("status") == "done" and (
-        stage not in PER_FRAME or set(stage_frames) <= set(entry.get("frames_done", []))
-    ):
-        lost = _lost_frames(shot, rd, stage, stage_frames)
-        if not lost:
-            say(f"{name}: up to date")
-            if stage is Stage.SIMULATE and shot.output.usd and not rd.path("scene.usdc").is_file():
-                _export_usd(rd, say)  # usd switched on after the simulation ran
-            return False
-        # files deleted since: redo those frames (simulate resumes from the last checkpoint
-        # before the first hole)
+    elif lost := _lost_frames(shot, rd, stage, stage_frames, entry):
+        # files deleted since they were recorded: redo those frames (simulate resumes from the
+        # last checkpoint before the first hole)
         say(
             f"{name}: frames {lost[0]}..{lost[-1]} are recorded done but files are gone; redoing them"
         )
@@ -234,6 +226,13 @@ def _run_stage(
             e = m["stages"][name]
             e["frames_done"] = sorted(set(e.get("frames_done", [])) - set(lost))
             e["status"] = "partial"
+    elif entry.get("status") == "done" and (
+        stage not in PER_FRAME or set(stage_frames) <= set(entry.get("frames_done", []))
+    ):
+        say(f"{name}: up to date")
+        if stage is Stage.SIMULATE and shot.output.usd and not rd.path("scene.usdc").is_file():
+            _export_usd(rd, say)  # usd switched on after the simulation ran
+        return False
 
     ctx = StageContext(
         shot=shot,
@@ -293,15 +292,16 @@ def _run_stage(
     return True
 
 
-def _lost_frames(shot: Shot, rd: RunDir, stage: Stage, frames: list[int]) -> list[int]:
-    """Frames of ``frames`` recorded done (every frame for a stage that is not per frame)
-    that lack one of their files (stages.FRAME_OUTPUTS)."""
+def _lost_frames(shot: Shot, rd: RunDir, stage: Stage, frames: list[int], entry: dict) -> list[int]:
+    """Frames of ``frames`` recorded done that lack one of their files (stages.FRAME_OUTPUTS):
+    a per-frame stage's recorded frames, every frame of another stage once it is done."""
     outputs = FRAME_OUTPUTS.get(stage)
     if outputs is None:
         return []
     if stage in PER_FRAME:
-        done = set(rd.stage(stage.value).get("frames_done", []))
-        frames = [f for f in frames if f in done]
+        frames = [f for f in frames if f in set(entry.get("frames_done", []))]
+    elif entry.get("status") != "done":
+        return []
     return [f for f in frames if not all((rd.root / p).is_file() for p in outputs(shot, f))]
 
 

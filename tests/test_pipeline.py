@@ -210,6 +210,7 @@ def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(tmp_path, m
     def render_two_then_ctrl_c(ctx):
         for f in ctx.frames_todo()[:2]:
             CALLS.append(f"render {f}")
+            ctx.path("passes", f"{f}.txt").write_text("0")
             ctx.frame_done(f)
         raise KeyboardInterrupt
 
@@ -288,6 +289,12 @@ def test_frames_whose_files_were_deleted_are_redone(tmp_path):
     CALLS.clear()
     run(small(), tmp_path)
     assert CALLS[0] == "simulate" and (tmp_path / "sim" / "frame.0002.npz").is_file()
+    # a partial render (a farm chunk) whose recorded frame lost its file: redone with the rest
+    run(small(), tmp_path, "render", frames="1:2", force=True)
+    (tmp_path / "passes" / "1.txt").unlink()
+    CALLS.clear()
+    run(small(), tmp_path, "render")
+    assert CALLS == ["render 1", "render 3", "render 4"]
 
 
 def _bump_manifest(root: str, key: str, times: int) -> None:
