@@ -359,3 +359,37 @@ def test_threaded_stage_writes_what_the_sequential_path_writes(rendered, tmp_pat
             iio.imread(run / "passes" / sub / "syn.1002.png"),
             iio.imread(tmp_path / sub / "syn.1002.png"),
         )
+
+
+def test_many_writers_write_the_same_files(rendered, tmp_path, monkeypatch):
+    """On a many-core machine the PNGs of a frame are written side by side (five writer
+    threads for 16 cores) and OpenEXR compresses on 16: every file equals the two-writer
+    render's, byte for byte."""
+    import shutil
+
+    import OpenEXR
+
+    from destruct.render import run_render
+    from destruct.rundir import RunDir
+    from destruct.stages import Stage, StageContext
+
+    run, _, ctx, _ = rendered
+    shutil.copytree(run, tmp_path / "run")
+    threads = OpenEXR.global_thread_count()
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    try:
+        run_render(
+            StageContext(
+                shot=ctx.shot,
+                run=RunDir(tmp_path / "run"),
+                stage=Stage.RENDER,
+                frames=[1001, 1002, 1003],
+                force=True,
+            )
+        )
+    finally:
+        OpenEXR.set_global_thread_count(threads)
+    files = sorted(p.relative_to(run) for p in (run / "passes").rglob("*.[pe][nx][gr]"))
+    assert len(files) == 15  # three EXRs, twelve PNGs
+    for rel in files:
+        assert (tmp_path / "run" / rel).read_bytes() == (run / rel).read_bytes(), rel

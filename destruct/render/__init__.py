@@ -13,6 +13,7 @@ import io
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,12 @@ class FrameWriter:
 
     def png(self, frame: int, p: dict[str, np.ndarray]) -> None:
         """``{beauty,depth,normal,seg}/<shot>.<frame>.png``, ControlNet-ready."""
+        for job in self.png_jobs(frame, p):
+            job()
+
+    def png_jobs(self, frame: int, p: dict[str, np.ndarray]) -> list[Callable[[], None]]:
+        """The PNGs of :meth:`png`, one call each, so a writer pool can run them side by side
+        (Pillow compresses without the GIL)."""
         from destruct.render.passes import linear_to_u8
         from refine.conditioning import (
             ADE20K_PALETTE,
@@ -225,19 +232,26 @@ class FrameWriter:
         )
 
         stem, out, passes = f"{self.shot_name}.{frame:04d}", self.out_dir, self.passes
-        if "beauty" in passes:
-            save_png_fast(out / "beauty" / f"{stem}.png", linear_to_u8(p["beauty"]))
-        if "depth" in passes:
-            # one grey channel: a third of the bytes; image loaders expand it to RGB
+
+        def depth() -> None:  # one grey channel: a third of the bytes; loaders expand it to RGB
             grey = to_uint8(depth_to_control(p["depth"], self.near, self.far)[..., 0])
             save_png_fast(out / "depth" / f"{stem}.png", grey)
-        if "normal" in passes:
-            mask = np.isfinite(p["depth"])
-            save_png_fast(
-                out / "normal" / f"{stem}.png", to_uint8(normal_to_control(p["normal"], mask))
-            )
-        if "seg" in passes:
-            save_png_fast(out / "seg" / f"{stem}.png", seg_indices(p["seg"]), ADE20K_PALETTE)
+
+        def normal() -> None:
+            control = normal_to_control(p["normal"], np.isfinite(p["depth"]))
+            save_png_fast(out / "normal" / f"{stem}.png", to_uint8(control))
+
+        jobs = {
+            "beauty": lambda: save_png_fast(
+                out / "beauty" / f"{stem}.png", linear_to_u8(p["beauty"])
+            ),
+            "depth": depth,
+            "normal": normal,
+            "seg": lambda: save_png_fast(
+                out / "seg" / f"{stem}.png", seg_indices(p["seg"]), ADE20K_PALETTE
+            ),
+        }
+        return [job for name, job in jobs.items() if name in passes]
 
 
 def write_frame(
@@ -267,9 +281,10 @@ def run_render(ctx) -> dict[str, Any]:
 
     Four threads share a frame's work, since each waits outside the GIL most of the time: the
     GL beauty on its own thread (the EGL context lives there), the exact raster and passes
-    (numba kernels without the GIL) on the calling thread, and the EXR and the PNGs on two
-    writer threads while the next frame renders. A frame is recorded done once its files are
-    on disk.
+    (numba kernels without the GIL) on the calling thread, and the EXR and the PNGs on writer
+    threads while the next frame renders (two writers on a small machine; on a many-core GPU
+    server the four PNGs are written side by side, as one thread would take 75 ms a frame for
+    them). A frame is recorded done once its files are on disk.
     """
     import OpenEXR
 
@@ -321,7 +336,10 @@ def run_render(ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     pending = None
     gl = None
-    with ThreadPoolExecutor(1) as gl_thread, ThreadPoolExecutor(2) as writers:
+    # the EXR on one writer, the four PNGs side by side on the others where there are cores
+    # for them (a GPU server); on a small machine one writer takes the PNGs in turn
+    n_writers = 1 + min(4, max(1, (os.cpu_count() or 1) // 4))
+    with ThreadPoolExecutor(1) as gl_thread, ThreadPoolExecutor(n_writers) as writers:
         try:
             if "beauty" in passes:
                 gl = gl_thread.submit(
@@ -358,7 +376,7 @@ def run_render(ctx) -> dict[str, Any]:
                     if shot.render.exr:
                         jobs.append(writers.submit(writer.exr, f, p))
                     if shot.render.png:
-                        jobs.append(writers.submit(writer.png, f, p))
+                        jobs += [writers.submit(job) for job in writer.png_jobs(f, p)]
                     pending = (f, jobs)
                     for k in [k for k in cache if k < f]:
                         del cache[k]
