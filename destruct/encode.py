@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from destruct.errors import StageSkipped, UserError
-from destruct.io import TMP_PREFIX, load_npz
+from destruct.io import load_npz, temp_prefix
 from destruct.render import SIM_FORMAT
 
 #: the fix for a pass file that does not read
@@ -53,7 +53,7 @@ def write_mp4(path: str | os.PathLike, frames, fps: float) -> int:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.stem + ".", suffix=".mp4", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.stem), suffix=".mp4", dir=path.parent)
     os.close(fd)
     writer = None
     n = 0

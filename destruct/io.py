@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -33,7 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -57,6 +58,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             _unlink_quietly(tmp)
         raise
     return path
+
+
+def temp_prefix(name: str) -> str:
+    """The name a temp file for ``name`` starts with: ``.tmp-<name>~<host>~<pid>~``, so
+    :func:`remove_stale_temps` can tell a killed writer's file from a live one's."""
+    return f"{TMP_PREFIX}{name}~{socket.gethostname()}~{os.getpid()}~"
+
+
+def _writer_is_gone(p: Path) -> bool:
+    """True when ``p`` was made on this host by a process that no longer runs."""
+    parts = p.name.split("~")
+    if len(parts) < 4 or parts[-3] != socket.gethostname() or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _unlink_quietly(p: str | os.PathLike) -> None:
@@ -171,11 +192,24 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     )
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete temp files a killed run left behind under ``folder``. Returns how many."""
-    n = 0
+#: a temp file of another host untouched this long was left by a killed run
+STALE_SECONDS = 3600.0
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, older_than: float = STALE_SECONDS) -> int:
+    """Delete temp files a killed run left behind under ``folder``: those whose writer on this
+    host no longer runs (:func:`temp_prefix`), and any not modified for ``older_than``
+    seconds. Another live process's write in progress (farm chunks share a run folder) is
+    left alone. Returns how many."""
+    import time
+
+    n, now = 0, time.time()
     for p in Path(folder).rglob(TMP_PREFIX + "*"):
-        if p.is_file():
+        try:
+            stale = p.is_file() and (_writer_is_gone(p) or now - p.stat().st_mtime > older_than)
+        except OSError:  # renamed or removed by its writer meanwhile
+            continue
+        if stale:
             _unlink_quietly(p)
             n += 1
     return n

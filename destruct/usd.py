@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from destruct.errors import UserError
-from destruct.io import TMP_PREFIX, load_npz
+from destruct.io import load_npz, temp_prefix
 
 if TYPE_CHECKING:
     from destruct.camera import CameraFrame
@@ -446,7 +446,7 @@ def _export_layer(layer: Any, out: Path) -> Path:
     from pxr import Sdf, Tf
 
     out = out.resolve()
-    tmp = out.parent / f"{TMP_PREFIX}{out.stem}.{os.getpid()}{out.suffix}"
+    tmp = out.parent / f"{temp_prefix(out.stem)}{out.suffix}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not layer.Export(str(tmp)):

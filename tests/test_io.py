@@ -43,9 +43,24 @@ def test_object_arrays_are_never_written(tmp_path):
 def test_json_round_trip_and_stale_temps(tmp_path):
     save_json(tmp_path / "f.json", {"format": "destruct.fracture/1", "n": np.int64(3)})
     assert load_json(tmp_path / "f.json", "destruct.fracture/1")["n"] == 3
-    (tmp_path / f"{TMP_PREFIX}f.json.abc").write_text("half")
-    assert remove_stale_temps(tmp_path) == 1
-    assert sorted(os.listdir(tmp_path)) == ["f.json"]
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    host = socket.gethostname()
+    killed = tmp_path / f"{TMP_PREFIX}f.json~{host}~{int(dead.stdout)}~abc"  # its writer is gone
+    live = tmp_path / f"{TMP_PREFIX}g.exr~{host}~{os.getpid()}~def"  # this process writes it
+    remote = tmp_path / f"{TMP_PREFIX}h.png~another-host~1~ghi"  # a farm node's, in progress
+    old = tmp_path / f"{TMP_PREFIX}i.png~another-host~1~jkl"  # a farm node's, untouched 2 h
+    for p in (killed, live, remote, old):
+        p.write_text("half")
+    two_hours_ago = old.stat().st_mtime - 2 * 3600
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, remote.name, "f.json"])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped byte", "text"])
