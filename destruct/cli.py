@@ -7,6 +7,7 @@ that is not built yet, 130 interrupted (run the same command again to resume).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # trimesh warns on the degenerate meshes that the import then refuses with a clear message
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"trimesh\.")
+    # a farm manager cancels a task with SIGTERM: stop as Ctrl-C does (the stage is recorded
+    # as interrupted, finished frames are kept), not silently with the stage left running
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = app(args=argv, standalone_mode=False)
     except DestructError as e:
@@ -273,9 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
     except click.exceptions.Exit as e:
         return e.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if rv == 130:  # typer turns Ctrl-C into exit code 130 itself (no command returns 130)
         return _interrupted()
     return rv if isinstance(rv, int) else 0
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ from destruct.errors import DestructError, StageSkipped, UserError
 from destruct.io import atomic_write_bytes, remove_stale_temps
 from destruct.rundir import MANIFEST_FORMAT, RunDir
 from destruct.shot import Shot
-from destruct.stages import FRAME_OUTPUTS, PER_FRAME, Stage, StageContext, entry_point
+from destruct.stages import (
+    FRAME_OUTPUTS,
+    PER_FRAME,
+    Stage,
+    StageContext,
+    check_owner,
+    entry_point,
+)
 
 ORDER = list(Stage)
 
@@ -213,6 +220,12 @@ def _run_stage(
     resources.check(shot, stage, backend=backend)
     stage_frames = frame_list if stage in PER_FRAME else shot.frame_numbers()
     same_inputs = entry.get("inputs_hash") == h
+    if not same_inputs and entry.get("status") == "running" and not force:
+        raise UserError(
+            f"the {name} stage of {rd.root} is running for other inputs (another destruct run "
+            "with a different shot?); wait for it or use another --out, or re-run with --force "
+            "if no other run is alive (a killed run leaves it marked running)"
+        )
     if not same_inputs or force:
         with rd.update() as m:
             m["stages"][name] = {"status": "running", "inputs_hash": h, "frames_done": []}
@@ -275,6 +288,7 @@ def _run_stage(
     seconds = time.perf_counter() - t0
     with rd.update() as m:
         e = m["stages"].setdefault(name, {})
+        check_owner(e, h, name, rd.root)
         done = set(e.get("frames_done", []))
         complete = stage not in PER_FRAME or set(shot.frame_numbers()) <= done
         e.update(
@@ -348,8 +362,11 @@ def _export_usd(rd: RunDir, say) -> None:
 
 
 def _record(rd: RunDir, name: str, **fields: Any) -> None:
+    """Update a stage's entry, unless a run with other inputs owns it now (check_owner)."""
     with rd.update() as m:
         e = m["stages"].setdefault(name, {})
+        if e.get("inputs_hash") not in (None, fields.get("inputs_hash", e.get("inputs_hash"))):
+            return
         e.update(fields)
         if "seconds" in e:
             e["seconds"] = round(e["seconds"], 3)

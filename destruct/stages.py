@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from destruct.errors import StageNotBuilt
+from destruct.errors import StageNotBuilt, UserError
 from destruct.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -57,6 +57,17 @@ FRAME_OUTPUTS: dict[Stage, Callable[[Shot, int], list[str]]] = {
     Stage.RENDER: _render_outputs,
     Stage.REFINE: lambda shot, f: [f"refine/{shot.shot.name}.{f:04d}.png"],
 }
+
+
+def check_owner(entry: dict, inputs_hash: str, stage: str, root: Path) -> None:
+    """Refuse to record into a stage entry that another run, with other inputs, now owns."""
+    theirs = entry.get("inputs_hash")
+    if inputs_hash and theirs and theirs != inputs_hash:
+        raise UserError(
+            f"another run with other inputs took over the {stage} stage of {root} while this one "
+            "ran; this run stops so their frames do not mix: run one shot per folder at a time "
+            "(another --out for the other shot)"
+        )
 
 
 def entry_point(stage: Stage) -> Callable[[StageContext], dict[str, Any]]:
@@ -113,9 +124,12 @@ class StageContext:
         return [f for f in self.frames if f not in done]
 
     def frame_done(self, frame: int) -> None:
-        """Record one finished frame in the manifest (under the lock)."""
+        """Record one finished frame in the manifest (under the lock). A run with other inputs
+        that took the stage over meanwhile (another shot on this folder) stops this one: its
+        frames must not be recorded as the other's."""
         with self.run.update() as m:
             entry = m.setdefault("stages", {}).setdefault(self.stage.value, {})
+            check_owner(entry, self.inputs_hash, self.stage.value, self.run.root)
             done = set(entry.get("frames_done", []))
             done.add(int(frame))
             entry["frames_done"] = sorted(done)

@@ -200,10 +200,16 @@ def test_stage_not_built_is_exit_code_3_through_the_cli(tmp_path, monkeypatch, c
     assert len(err) == 1 and err[0].startswith("error: stage 'render' is not built yet")
 
 
-def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(tmp_path, monkeypatch, capsys):
-    """Ctrl-C in the middle of render (typer turns it into Exit(130)): exit code 130, the resume
-    line on stderr, the stage recorded as interrupted with the frames it finished; the same
-    command again renders only the rest."""
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(
+    tmp_path, monkeypatch, capsys, signal_name
+):
+    """Ctrl-C (SIGINT; typer turns it into exit code 130) or a farm manager's SIGTERM in the
+    middle of render: exit code 130, the resume line on stderr, the stage recorded as
+    interrupted with the frames it finished; the same command again renders only the rest."""
+    import os
+    import signal
+
     from destruct.cli import main
     from destruct.pipeline import INTERRUPTED
 
@@ -212,7 +218,7 @@ def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(tmp_path, m
             CALLS.append(f"render {f}")
             ctx.path("passes", f"{f}.txt").write_text("0")
             ctx.frame_done(f)
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), getattr(signal, signal_name))
 
     monkeypatch.setattr(
         "test_pipeline.fake_interrupted_render", render_two_then_ctrl_c, raising=False
@@ -331,3 +337,36 @@ def test_cli_run_without_a_shot_runs_the_bundled_default_into_renders_default(tm
     assert 780 <= m["stages"]["prepare"]["figures"]["pieces"] <= 900
     assert (run_dir / "fracture" / "pieces.npz").is_file()
     assert destruct.load_shot(run_dir / "shot.toml").hash() == m["shot_hash"]
+
+
+def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monkeypatch):
+    """Shot A renders; shot B (another camera) on the same folder is refused while A's render
+    is running; when B forces its way in anyway, A stops at its next frame instead of recording
+    its frames as B's, and B's record stays B's."""
+    from destruct.pipeline import inputs_hash
+
+    a, b = small(), small(camera={"focal_mm": 50.0})
+    state = {}
+
+    def render_a_while_b_starts(ctx):
+        for f in ctx.frames_todo():
+            if f == 2:
+                if "refused" not in state:
+                    with pytest.raises(UserError, match="running for other inputs"):
+                        run(b, tmp_path, "render", frames="1:1")
+                    state["refused"] = True
+                    monkeypatch.setitem(
+                        stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render"
+                    )
+                    run(b, tmp_path, "render", force=True)  # B takes the folder over
+            ctx.path("passes", f"{f}.txt").write_text("A")
+            ctx.frame_done(f)
+        return {}
+
+    monkeypatch.setattr("test_pipeline.fake_render_a", render_a_while_b_starts, raising=False)
+    monkeypatch.setitem(stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render_a")
+    with pytest.raises(UserError, match="another run with other inputs took over the render"):
+        run(a, tmp_path, "prepare,simulate,render")
+    render = json.loads((tmp_path / "manifest.json").read_text())["stages"]["render"]
+    assert render["inputs_hash"] == inputs_hash(b, Stage.RENDER)
+    assert render["status"] == "done" and render["frames_done"] == [1, 2, 3, 4]
