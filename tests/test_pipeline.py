@@ -350,15 +350,14 @@ def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monk
 
     def render_a_while_b_starts(ctx):
         for f in ctx.frames_todo():
-            if f == 2:
-                if "refused" not in state:
-                    with pytest.raises(UserError, match="running for other inputs"):
-                        run(b, tmp_path, "render", frames="1:1")
-                    state["refused"] = True
-                    monkeypatch.setitem(
-                        stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render"
-                    )
-                    run(b, tmp_path, "render", force=True)  # B takes the folder over
+            if f == 2 and "refused" not in state:
+                with pytest.raises(UserError, match="running for other inputs"):
+                    run(b, tmp_path, "render", frames="1:1")
+                state["refused"] = True
+                monkeypatch.setitem(
+                    stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render"
+                )
+                run(b, tmp_path, "render", force=True)  # B takes the folder over
             ctx.path("passes", f"{f}.txt").write_text("A")
             ctx.frame_done(f)
         return {}
