@@ -136,19 +136,16 @@ def info(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"{m.get('shot', '?')}  ({rd.root})")
+    t = Table(title=Text(f"{m.get('shot', '?')}  ({rd.root})"))
     for col in ("stage", "status", "seconds", "frames", "figures / reason"):
         t.add_column(col)
     for name, e in m.get("stages", {}).items():
         figs = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("figures", {}).items())
-        t.add_row(
-            name,
-            e.get("status", ""),
-            _fmt(e.get("seconds", "")),
-            str(len(e.get("frames_done", [])) or ""),
-            figs or e.get("reason", ""),
-        )
+        cells = (name, e.get("status", ""), e.get("seconds", ""), len(e.get("frames_done", [])))
+        # Text, not markup: a reason or a hand-edited name may hold "[...]"
+        t.add_row(*(Text(_fmt(c or "")) for c in cells), Text(figs or _fmt(e.get("reason", ""))))
     Console().print(t)
 
 

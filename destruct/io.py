@@ -119,7 +119,21 @@ def save_npz(path: str | os.PathLike, format: str, **arrays: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
+class Arrays(dict):
+    """An npz's arrays; a missing one is a UserError naming the file (a file of the right
+    format label whose arrays were tampered with, or an older writer's), not a KeyError."""
+
+    def __init__(self, data: dict[str, np.ndarray], path: Path):
+        super().__init__(data)
+        self.path = path
+
+    def __missing__(self, key: str) -> np.ndarray:
+        raise UserError(
+            f"{self.path} lacks the array {key!r}; re-run the stage that writes it with --force"
+        )
+
+
+def load_npz(path: str | os.PathLike, format: str) -> Arrays:
     """Load every array of an npz written by :func:`save_npz` and check its format label."""
     path = Path(path)
     if not path.is_file():
@@ -134,7 +148,7 @@ def load_npz(path: str | os.PathLike, format: str) -> dict[str, np.ndarray]:
             f"{path} is unreadable ({why}); re-run the stage that writes it with --force"
         ) from None
     check_format(data.pop("format", "unlabelled"), format, path)
-    return data
+    return Arrays(data, path)
 
 
 def read_image(path: str | os.PathLike, fix: str) -> np.ndarray:
@@ -171,9 +185,13 @@ def load_json(path: str | os.PathLike, format: str | None = None, *, fix: str = 
     message for a file that is not JSON tells the user to do."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
         raise UserError(f"{path} is missing: run the stage that writes it first") from None
+    except RecursionError:
+        raise UserError(
+            f"{path} is not valid JSON (nested too deeply){'; ' + fix if fix else ''}"
+        ) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}){'; ' + fix if fix else ''}") from None
     if format is not None:
@@ -181,6 +199,11 @@ def load_json(path: str | os.PathLike, format: str | None = None, *, fix: str = 
             obj.get("format", "unlabelled") if isinstance(obj, dict) else "unlabelled", format, path
         )
     return obj
+
+
+def _no_constant(name: str) -> None:
+    """JSON has no NaN or Infinity (destruct never writes them: save_json refuses them)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -45,7 +45,7 @@ class ShotInfo(_Section):
     name: Name = Field(
         "default", description="shot name: run folder and file prefix (letters, digits, _ . -)"
     )
-    fps: float = Field(24.0, gt=0, le=1000, description="frames per second of the output [1/s]")
+    fps: float = Field(24.0, ge=1, le=1000, description="frames per second of the output [1/s]")
     frames: int = Field(120, ge=1, le=100_000, description="number of frames rendered")
     start_frame: int = Field(1001, ge=0, le=10_000_000, description="number of the first frame")
     seed: int = Field(
@@ -177,9 +177,13 @@ class Sim(_Section):
         0.5, ge=0, le=60, description="settling time simulated before the first frame [s]"
     )
     time_scale: float = Field(
-        1.0, gt=0, le=100, description="simulation seconds per shot second (<1: slow motion)"
+        1.0, ge=0.001, le=100, description="simulation seconds per shot second (<1: slow motion)"
     )
-    gravity: Vec3 = Field([0.0, -9.81, 0.0], description="gravity [m/s^2]")
+    gravity: Annotated[
+        list[Annotated[float, Field(ge=-1000, le=1000)]], Field(min_length=3, max_length=3)
+    ] = Field(
+        [0.0, -9.81, 0.0], description="gravity [m/s^2], each component within +-1000 (100 g)"
+    )
     ground: bool = Field(True, description="infinite ground plane at y = 0")
     anchor_to_ground: bool = Field(
         True, description="bond pieces resting on the ground at the start to it"
@@ -358,9 +362,9 @@ class Shot(_Section):
     building: Building = Field(default_factory=Building)
     materials: dict[str, MaterialOverride] = Field(default_factory=dict)
     fracture: Fracture = Field(default_factory=Fracture)
-    charges: list[Charge] = Field(default_factory=list)
-    regions: list[Region] = Field(default_factory=list)
-    impactors: list[Impactor] = Field(default_factory=list)
+    charges: list[Charge] = Field(default_factory=list, max_length=1000)
+    regions: list[Region] = Field(default_factory=list, max_length=1000)
+    impactors: list[Impactor] = Field(default_factory=list, max_length=100)
     sim: Sim = Field(default_factory=Sim)
     debris: Debris = Field(default_factory=Debris)
     camera: Camera = Field(default_factory=Camera)

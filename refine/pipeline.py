@@ -251,10 +251,14 @@ class RefinePipeline:
         sched.set_timesteps(steps, device="cpu")
         init = min(int(steps * strength), steps)
         start = max(steps - init, 0)
-        ts = [int(t) for t in sched.timesteps[start * sched.order :]]
+        # at as many steps as the scheduler has training timesteps, its offset (steps_offset)
+        # puts the first one past the end of its noise table
+        last = int(sched.config.num_train_timesteps)
+        ts = [int(t) for t in sched.timesteps[start * sched.order :] if int(t) < last]
         if not ts:
             raise UserError(
-                f"refine.strength {strength} with {steps} steps leaves no denoising step; raise either"
+                f"refine.strength {strength} with {steps} steps leaves no denoising step; raise "
+                "refine.strength or refine.steps (strength x steps must reach 1)"
             )
         return ts
 

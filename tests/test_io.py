@@ -79,3 +79,11 @@ def test_damaged_npz_is_one_user_error(tmp_path, damage):
     with pytest.raises(UserError, match="a.npz is unreadable") as e:
         load_npz(path, "destruct.sim/1")
     assert "--force" in str(e.value) and "pickle" not in str(e.value)
+
+
+def test_a_missing_array_is_a_user_error_naming_the_file(tmp_path):
+    path = save_npz(tmp_path / "frame.npz", "destruct.sim/1", position=np.zeros((2, 3)))
+    d = load_npz(path, "destruct.sim/1")
+    assert d["position"].shape == (2, 3) and d.get("velocity") is None
+    with pytest.raises(UserError, match="frame.npz lacks the array 'velocity'.*--force"):
+        d["velocity"]

@@ -369,3 +369,34 @@ def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monk
     render = json.loads((tmp_path / "manifest.json").read_text())["stages"]["render"]
     assert render["inputs_hash"] == inputs_hash(b, Stage.RENDER)
     assert render["status"] == "done" and render["frames_done"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "edit", ["markup in a reason", "a number as reason", "NaN", "nested 100000 deep"]
+)
+def test_info_on_odd_manifests_prints_or_says_one_line(tmp_path, capsys, edit):
+    """destruct info shows text as text (a "[/x]" is not rich markup) and refuses what is not
+    JSON (NaN, absurd nesting) with one line instead of a traceback."""
+    from destruct.cli import main
+
+    run(small(), tmp_path)
+    path = tmp_path / "manifest.json"
+    m = json.loads(path.read_text())
+    if edit == "markup in a reason":
+        m["stages"]["refine"]["reason"] = "[/x] closes [bold]nothing"
+        path.write_text(json.dumps(m))
+    elif edit == "a number as reason":
+        m["stages"]["refine"]["reason"] = 42
+        path.write_text(json.dumps(m))
+    elif edit == "NaN":
+        path.write_text(json.dumps(m)[:-1] + ', "x": NaN}')
+    else:
+        path.write_text(
+            '{"format": "destruct.manifest/1", "x": ' + "[" * 100000 + "]" * 100000 + "}"
+        )
+    rc = main(["info", str(tmp_path)])
+    out, err = capsys.readouterr()
+    if edit.startswith(("markup", "a number")):
+        assert rc == 0 and ("[/x] closes [bold]nothing" in out or "42" in out), out
+    else:
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "not valid JSON" in err

@@ -219,3 +219,17 @@ def test_three_controlnets_each_steer_the_frame_and_all_attend_across_frames(tmp
     xattn = refine_window(rp, frames, SETTINGS, dataclasses.replace(OFF, cross_frame=True), state)
     np.testing.assert_array_equal(xattn[0], plain[0])
     assert np.abs(xattn[1] - plain[1]).max() > 1e-4
+
+
+def test_timesteps_stay_inside_the_schedulers_table_and_name_the_fix(tiny):
+    """As many steps as the scheduler's training timesteps at strength 1 (its offset would
+    start past its noise table): every timestep indexes the table; strength x steps below 1
+    is one user error naming both keys."""
+    from destruct.errors import UserError
+
+    rp, _ = tiny
+    table = int(rp.pipe.scheduler.config.num_train_timesteps)
+    ts = rp.timesteps(table, 1.0)
+    assert len(ts) >= table - 1 and max(ts) < table
+    with pytest.raises(UserError, match="raise refine.strength or refine.steps"):
+        rp.timesteps(5, 0.001)
