@@ -6,6 +6,7 @@ that is not built yet, 130 interrupted (run the same command again to resume).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -74,27 +75,34 @@ def run(
     s = destruct.load_shot(path)
     quiet = quiet or as_json
     args = {"frames": frames, "backend": backend, "force": force, "quiet": quiet, "ray": ray}
-    if quiet:
-        result = run_pipeline(s, out, stages, **args)
-    else:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(
-            *columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True
-        ) as bar:
-            result = run_pipeline(s, out, stages, progress=bar, log=bar.console.print, **args)
+    # stdout carries the --json manifest alone: what libraries print (Taichi's banner) goes to
+    # stderr with the stage lines
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _run_with_progress(run_pipeline, s, out, stages, quiet, args)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     elif not quiet:
         print(f"run folder: {result.run_dir}", file=sys.stderr)
+
+
+def _run_with_progress(run_pipeline, s, out, stages, quiet: bool, args: dict):
+    """The pipeline under a rich progress bar on stderr (none with --quiet)."""
+    if quiet:
+        return run_pipeline(s, out, stages, **args)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True
+    ) as bar:
+        return run_pipeline(s, out, stages, progress=bar, log=bar.console.print, **args)
 
 
 @app.command()

@@ -400,3 +400,24 @@ def test_info_on_odd_manifests_prints_or_says_one_line(tmp_path, capsys, edit):
         assert rc == 0 and ("[/x] closes [bold]nothing" in out or "42" in out), out
     else:
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "not valid JSON" in err
+
+
+def test_run_json_prints_the_manifest_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """What a library prints during a stage (Taichi's banner) goes to stderr: stdout of
+    ``run --json`` parses as the manifest."""
+    from destruct.cli import main
+
+    def chatty_simulate(ctx):
+        print("[Taichi] version 1.7.4, llvm 15.0.4")  # as taichi does on import
+        return fake_simulate(ctx)
+
+    monkeypatch.setattr("test_pipeline.chatty_simulate", chatty_simulate, raising=False)
+    monkeypatch.setitem(
+        stage_registry.ENTRY_POINTS, Stage.SIMULATE, "test_pipeline:chatty_simulate"
+    )
+    shot = tmp_path / "t.toml"
+    shot.write_text(small().to_toml())
+    assert main(["run", str(shot), "--out", str(tmp_path / "run"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["stages"]["simulate"]["status"] == "done"
+    assert "[Taichi] version" in err
