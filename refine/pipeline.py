@@ -138,9 +138,11 @@ def load_pipeline(
         for c in controlnets:
             folder = resolve(c.model, cache_dir=cache_dir)
             check_safetensors(folder)
-            nets.append(ControlNetModel.from_pretrained(folder, **kw))
-        pipe = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+            nets.append(_load(ControlNetModel, folder, f"refine ControlNet {c.model!r}", **kw))
+        pipe = _load(
+            StableDiffusionControlNetImg2ImgPipeline,
             base,
+            f"refine.model {model!r}",
             controlnet=nets,
             safety_checker=None,
             feature_extractor=None,
@@ -157,15 +159,20 @@ def load_pipeline(
             )
         folder = resolve(union.pop(), cache_dir=cache_dir)
         check_safetensors(folder)
-        net = ControlNetUnionModel.from_pretrained(folder, **kw)
+        net = _load(ControlNetUnionModel, folder, "refine ControlNet-Union", **kw)
         extra = {}
         vae_fix = _sdxl_fp16_vae(dtype, cache_dir)
         if vae_fix is not None:
             from diffusers import AutoencoderKL
 
-            extra["vae"] = AutoencoderKL.from_pretrained(vae_fix, **kw)
-        pipe = StableDiffusionXLControlNetUnionImg2ImgPipeline.from_pretrained(
-            base, controlnet=net, **extra, **kw
+            extra["vae"] = _load(AutoencoderKL, vae_fix, "the fp16 SDXL VAE", **kw)
+        pipe = _load(
+            StableDiffusionXLControlNetUnionImg2ImgPipeline,
+            base,
+            f"refine.model {model!r}",
+            controlnet=net,
+            **extra,
+            **kw,
         )
 
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -177,6 +184,36 @@ def load_pipeline(
     else:
         pipe.to(dev)
     return RefinePipeline(pipe, family, list(controlnets), dev, dtype)
+
+
+def _load(cls: Any, folder: str | os.PathLike, what: str, **kw: Any) -> Any:
+    """``cls.from_pretrained(folder, **kw)``; a folder that does not load (a config that is
+    not JSON, a missing scheduler or UNet, cut-short weights, shapes that do not match, the
+    wrong kind of model, a component that asks for custom code) is one UserError."""
+    fix = (
+        "give a standard diffusers folder with safetensors weights (re-download it with "
+        "`destruct models pull`, or re-save it with save_pretrained(..., safe_serialization=True))"
+    )
+    try:
+        loaded = cls.from_pretrained(folder, **kw)
+    except (OSError, ValueError, RuntimeError, NotImplementedError, KeyError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "custom code" in str(e):  # diffusers goes on to advise allowing it: not here
+            why = "it names code outside diffusers to run, which destruct never runs"
+        raise UserError(
+            f"{what}: {folder} does not load as a {cls.__name__} ({why[:300]}); {fix}"
+        ) from None
+    # weights of another kind of model load without error, leaving the missing ones unallocated
+    import torch
+
+    parts = [loaded] if isinstance(loaded, torch.nn.Module) else list(loaded.components.values())
+    modules = [m for m in parts if isinstance(m, torch.nn.Module)]
+    if any(p.is_meta for m in modules for p in m.parameters()):
+        raise UserError(
+            f"{what}: {folder} does not load as a {cls.__name__} (weights it needs are missing: "
+            f"another kind of model?); {fix}"
+        )
+    return loaded
 
 
 #: SDXL's own VAE overflows in float16; this finetune does not (else the VAE runs in float32).

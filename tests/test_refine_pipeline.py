@@ -233,3 +233,51 @@ def test_timesteps_stay_inside_the_schedulers_table_and_name_the_fix(tiny):
     assert len(ts) >= table - 1 and max(ts) < table
     with pytest.raises(UserError, match="raise refine.strength or refine.steps"):
         rp.timesteps(5, 0.001)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    return save_tiny_set(tmp_path_factory.mktemp("tiny_broken"), kinds=("depth",))
+
+
+BREAKS = {
+    "unet config not JSON": lambda base, cn: (base / "unet" / "config.json").write_text("{oops"),
+    "no scheduler": lambda base, cn: __import__("shutil").rmtree(base / "scheduler"),
+    "unet weights cut short": lambda base, cn: _cut(next((base / "unet").glob("*.safetensors"))),
+    "controlnet is a unet": lambda base, cn: None,
+    "custom component class": lambda base, cn: _custom_unet(base),
+}
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def _custom_unet(base):
+    import json
+
+    index = json.loads((base / "model_index.json").read_text())
+    index["unet"] = ["my_unet", "MyUNet"]
+    (base / "model_index.json").write_text(json.dumps(index))
+    (base / "unet" / "my_unet.py").write_text("open('/tmp/destruct_ran_custom_code', 'w')\n")
+
+
+@pytest.mark.parametrize("damage", BREAKS)
+def test_a_model_folder_that_does_not_load_is_one_user_error(tiny_folders, tmp_path, damage):
+    """Broken or wrong model folders (as a download cut short or a hand-assembled folder
+    leaves them): one UserError naming the folder and the fix, no custom code run, never
+    advice to allow remote code."""
+    import shutil
+    from pathlib import Path
+
+    from destruct.errors import UserError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_folders["model"], base)
+    cn = Path(tiny_folders["controlnets"][0]["model"])
+    BREAKS[damage](base, cn)
+    net = base / "unet" if damage == "controlnet is a unet" else cn
+    with pytest.raises(UserError, match="does not load as a") as e:
+        load_pipeline(str(base), [ControlSpec(ControlKind.DEPTH, str(net), 1.0)], device="cpu")
+    assert "trust_remote_code" not in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not Path("/tmp/destruct_ran_custom_code").exists()
