@@ -154,6 +154,10 @@ def run(
     if isinstance(stages, str) or stages is None:
         stages = parse_stages(stages)
     frame_list = frames if isinstance(frames, list) else parse_frames(frames, shot)
+    if ray is not None:
+        from destruct.raycluster import check_address
+
+        check_address(ray)
     backend = backend or shot.sim.backend
     if backend not in ("auto", "cpu", "cuda"):
         raise UserError(f"--backend {backend!r}: allowed: auto, cpu, cuda")

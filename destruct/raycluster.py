@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from destruct.errors import UserError
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a --ray value that is no Ray address before any stage runs (not after hours of
+    simulation and rendering, when refine first connects)."""
+    if address is None or re.fullmatch(r"auto|local|(ray://)?[\w.-]+:\d{1,5}", address):
+        return
+    raise UserError(
+        f"--ray {address!r} is not a Ray address; give auto, local, host:port or ray://host:port"
+    )
 
 
 def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Any:
@@ -14,11 +25,17 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Any
     cluster this machine belongs to (``ray start --head`` / RAY_ADDRESS); anything else is a
     ``ray://host:port`` or ``host:port`` address. An already initialised Ray is reused.
     """
+    check_address(address)
     try:
         import ray
     except ModuleNotFoundError:
         raise UserError(
             "Ray is not installed: pip install 'destruct[farm]' (or run without --ray)"
+        ) from None
+    except ImportError as e:  # installed but broken (a missing shared library)
+        raise UserError(
+            f"Ray does not import ({e}); reinstall it: pip install --force-reinstall "
+            "'destruct[farm]' (or run without --ray)"
         ) from None
     if ray.is_initialized():
         return ray
@@ -27,9 +44,10 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Any
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
-    except ConnectionError as e:
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
-            f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head` "
-            "or pass --ray local"
+            f"cannot reach a Ray cluster at {address!r} ({why}); start one with `ray start "
+            "--head` or pass --ray local"
         ) from None
     return ray

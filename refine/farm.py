@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from destruct.errors import UserError
+from refine.models import MissingWeights
 from refine.stage import WindowRefiner, shot_windows
 
 RETRIES = 3
@@ -35,8 +37,22 @@ class FarmWorker(WindowRefiner):
     def __init__(
         self, shot: Any, run_dir: str, *, force: bool = False, crash_once: str | None = None
     ):
-        super().__init__(shot, run_dir, force=force)
         self.crash_once = crash_once
+        # a pipeline that cannot load (missing weights, a bad folder, no GPU) is kept as plain
+        # data for the driver (check): raised here, Ray would kill the actor and hand the
+        # driver a wrapped, possibly unpicklable exception instead
+        self.failure: tuple[str, str, str] | None = None
+        try:
+            super().__init__(shot, run_dir, force=force)
+        except MissingWeights as e:
+            self.failure = ("missing", e.name, e.command)
+        except UserError as e:
+            self.failure = ("user", str(e), "")
+
+    def check(self) -> tuple[str, str, str] | None:
+        """Why this worker cannot refine, or None: ("missing", name, pull command) or
+        ("user", message, "")."""
+        return self.failure
 
     def refine(self, index: int) -> str:
         marker = Path(self.crash_once) if self.crash_once else None
@@ -102,9 +118,16 @@ def refine_windows(
     n, resources = plan(ray, actors, cpus_per_actor)
     n = max(1, min(n, len(needed)))
     worker = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(FarmWorker)
-    pool = ray.util.ActorPool(
-        [worker.remote(shot, str(run_dir), force=force, crash_once=crash_once) for _ in range(n)]
-    )
+    workers = [
+        worker.remote(shot, str(run_dir), force=force, crash_once=crash_once) for _ in range(n)
+    ]
+    for failure in ray.get([w.check.remote() for w in workers]):
+        if failure is not None:
+            kind, what, command = failure
+            if kind == "missing":
+                raise MissingWeights(what, command)
+            raise UserError(f"on a Ray worker: {what}")
+    pool = ray.util.ActorPool(workers)
     paths = []
     for i, path in enumerate(pool.map_unordered(lambda a, w: a.refine.remote(w), needed), 1):
         paths.append(path)

@@ -75,6 +75,33 @@ def test_worker_killed_mid_window_is_retried(models, sequential, ray_local, tmp_
     assert list(tmp_path.rglob(f"{TMP_PREFIX}*")) == []  # no half-written file is left
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["weights not in the cache", "cuda on a CPU machine"])
+def test_a_worker_that_cannot_load_the_pipeline_is_said_as_on_the_driver(
+    models,
+    ray_local,
+    tmp_path,
+    problem,  # noqa: F811
+):
+    """Missing weights or a device the workers lack: the driver raises what the sequential
+    refine raises (MissingWeights, which the stage records as skipped; a one-line UserError),
+    not Ray's wrapped actor death."""
+    from refine.models import MissingWeights
+
+    table = _refine_table(models)
+    if problem == "weights not in the cache":
+        table["model"] = "someorg/notcached"
+        expected, match = MissingWeights, "someorg/notcached"
+    else:
+        table["device"] = "cuda"
+        expected, match = UserError, "^on a Ray worker: refine device 'cuda'"
+    farm = _ctx(tmp_path, table, plate=False)
+    _write_passes(farm.run_dir)
+    with pytest.raises(expected, match=match) as e:
+        refine_windows(farm.shot, farm.run_dir, ray_local, actors=1)
+    assert len(str(e.value).splitlines()) == 1
+
+
 def test_missing_ray_is_a_user_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
     with pytest.raises(UserError, match=r"^Ray is not installed: pip install 'destruct\[farm\]'"):
@@ -175,3 +202,26 @@ def test_two_variant_wedge_on_ray(ray_local, tmp_path):
             k: e["status"] for k, e in m["stages"].items()
         }
         assert v["stages"]["prepare"]["figures"] == m["stages"]["prepare"]["figures"]
+
+
+def test_a_bad_ray_address_or_a_broken_ray_is_one_user_error(tmp_path, monkeypatch):
+    """--ray "not a host" is refused before any stage runs; a Ray that is installed but does
+    not import is named as such."""
+    from destruct.pipeline import run
+    from destruct.shot import shot_from_dict
+
+    shot = shot_from_dict({"shot": {"name": "r", "frames": 2}})
+    with pytest.raises(UserError, match="--ray 'not a host' is not a Ray address"):
+        run(shot, tmp_path / "run", ray="not a host")
+    assert not (tmp_path / "run").exists()
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ray":
+                raise ImportError("libfoo.so: cannot open shared object file")
+            return None
+
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(UserError, match="Ray does not import .*libfoo.so"):
+        connect("auto")
