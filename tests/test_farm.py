@@ -78,10 +78,10 @@ def test_worker_killed_mid_window_is_retried(models, sequential, ray_local, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", ["weights not in the cache", "cuda on a CPU machine"])
 def test_a_worker_that_cannot_load_the_pipeline_is_said_as_on_the_driver(
-    models,
+    models,  # noqa: F811
     ray_local,
     tmp_path,
-    problem,  # noqa: F811
+    problem,
 ):
     """Missing weights or a device the workers lack: the driver raises what the sequential
     refine raises (MissingWeights, which the stage records as skipped; a one-line UserError),
