@@ -219,7 +219,6 @@ def test_a_bad_ray_address_or_a_broken_ray_is_one_user_error(tmp_path, monkeypat
         def find_spec(self, name, path=None, target=None):
             if name == "ray":
                 raise ImportError("libfoo.so: cannot open shared object file")
-            return None
 
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
