@@ -40,6 +40,8 @@ def prepare(shot: Shot) -> Any:
     """Fracture the shot's building in memory: a Scene with .pieces, .bonds, .input_volume."""
     from destruct.fracture import prepare as _prepare
 
+    if not isinstance(shot, Shot):
+        raise TypeError(f"prepare: shot is a {type(shot).__name__}; give destruct.load_shot(path)")
     return _prepare(shot)
 
 

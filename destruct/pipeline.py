@@ -9,7 +9,9 @@ used (the shot sections it reads plus its upstream stage's hash); a stage is ski
 from __future__ import annotations
 
 import hashlib
+import numbers
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -108,6 +110,34 @@ def parse_frames(text: str | None, shot: Shot) -> list[int]:
     return list(range(a, b + 1))
 
 
+def _stage_list(stages: Any) -> list[Stage]:
+    if stages is None or isinstance(stages, str):
+        return parse_stages(stages)
+    if isinstance(stages, Stage):
+        stages = [stages]
+    if not isinstance(stages, Iterable) or not all(isinstance(s, (Stage, str)) for s in stages):
+        raise TypeError(f"run: stages {stages!r}: give 'render,encode' or a list of stage names")
+    return parse_stages(",".join(s.value if isinstance(s, Stage) else s for s in stages))
+
+
+def _frame_list(frames: Any, shot: Shot) -> list[int]:
+    if frames is None or isinstance(frames, str):
+        return parse_frames(frames, shot)
+    if isinstance(frames, numbers.Integral) and not isinstance(frames, bool):
+        frames = [frames]
+    if not isinstance(frames, Iterable):
+        raise TypeError(f"run: frames {frames!r}: give 'A:B', a frame number or frame numbers")
+    frames = list(frames)
+    if not all(isinstance(f, numbers.Integral) and not isinstance(f, bool) for f in frames):
+        raise TypeError(f"run: frames {frames!r}: frame numbers are whole numbers")
+    inside = set(shot.frame_numbers())
+    outside = sorted({int(f) for f in frames} - inside)
+    if outside or not frames:
+        lo, hi = min(inside), max(inside)
+        raise UserError(f"frames {outside or '[]'}: give frames inside the shot's {lo}:{hi}")
+    return sorted({int(f) for f in frames})
+
+
 def default_out(shot: Shot) -> Path:
     """Run folder: shot.output.dir, else renders/<name>, relative to the current directory."""
     return Path(shot.output.dir) if shot.output.dir else Path("renders") / shot.shot.name
@@ -136,9 +166,9 @@ class RunResult:
 def run(
     shot: Shot,
     out: str | Path | None = None,
-    stages: list[Stage] | str | None = None,
+    stages: Iterable[Stage | str] | str | None = None,
     *,
-    frames: str | list[int] | None = None,
+    frames: str | int | Iterable[int] | None = None,
     backend: str | None = None,
     force: bool = False,
     quiet: bool = True,
@@ -148,12 +178,15 @@ def run(
 ) -> RunResult:
     """Run ``stages`` (default: all) of ``shot`` into ``out`` (default renders/<name>).
 
-    ``ray``: a Ray address ("auto", "local", "host:port"): refine windows are farmed out to
-    one actor per GPU before the refine stage cross-fades and writes the frames.
+    ``stages``: "render,encode", or Stage members or names; ``frames``: "A:B", one frame
+    number or frame numbers, inside the shot. ``ray``: a Ray address ("auto", "local",
+    "host:port"): refine windows are farmed out to one actor per GPU before the refine stage
+    cross-fades and writes the frames. Arguments are checked before anything is written.
     """
-    if isinstance(stages, str) or stages is None:
-        stages = parse_stages(stages)
-    frame_list = frames if isinstance(frames, list) else parse_frames(frames, shot)
+    if not isinstance(shot, Shot):
+        raise TypeError(f"run: shot is a {type(shot).__name__}; give destruct.load_shot(path)")
+    stages = _stage_list(stages)
+    frame_list = _frame_list(frames, shot)
     if ray is not None:
         from destruct.raycluster import check_address
 

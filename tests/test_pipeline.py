@@ -421,3 +421,32 @@ def test_run_json_prints_the_manifest_alone_on_stdout(tmp_path, monkeypatch, cap
     out, err = capsys.readouterr()
     assert json.loads(out)["stages"]["simulate"]["status"] == "done"
     assert "[Taichi] version" in err
+
+
+def test_python_api_takes_lists_and_checks_arguments_before_writing(tmp_path):
+    """run() takes stage names or Stage members and frame numbers as Python gives them;
+    arguments of the wrong type (TypeError) or frames outside the shot (UserError) are refused
+    before anything is written, so a done stage is never marked failed by a bad call."""
+    r = run(small(), tmp_path / "a", stages=["prepare", Stage.SIMULATE, "render"], frames=(2, 3))
+    assert CALLS == ["prepare", "simulate", "render 2", "render 3"]
+    assert r.manifest["stages"]["render"]["frames_done"] == [2, 3]
+    CALLS.clear()
+    run(small(), tmp_path / "a", stages="render", frames=np.int64(4))
+    assert CALLS == ["render 4"]
+    before = (tmp_path / "a" / "manifest.json").read_text()
+    for bad, error in (
+        ({"frames": [99999]}, UserError),
+        ({"frames": [2.5]}, TypeError),
+        ({"frames": ["2"]}, TypeError),
+        ({"frames": [True]}, TypeError),
+        ({"stages": 5}, TypeError),
+        ({"stages": ["xray"]}, UserError),
+    ):
+        with pytest.raises(error):
+            run(small(), tmp_path / "a", **{"stages": "render", **bad})
+    with pytest.raises(TypeError, match="give destruct.load_shot"):
+        run(str(tmp_path / "shot.toml"), tmp_path / "b")
+    with pytest.raises(TypeError, match="give destruct.load_shot"):
+        destruct.prepare(None)
+    assert (tmp_path / "a" / "manifest.json").read_text() == before
+    assert not (tmp_path / "b").exists()
