@@ -503,20 +503,26 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def shot_from_dict(data: dict[str, Any], base_dir: str | Path = ".", source: str = "shot") -> Shot:
-    """Validate a shot dictionary; paths resolve against ``base_dir``. Raises UserError."""
+def shot_from_dict(
+    data: dict[str, Any], base_dir: str | Path = ".", source: str = "shot", *, files: bool = True
+) -> Shot:
+    """Validate a shot dictionary; paths resolve against ``base_dir`` and, with ``files``, must
+    exist (a run folder's own shot.toml is read with files=False: what it names may have moved
+    since, and its readers need only the run's caches). Raises UserError."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: a shot is a table of sections, got {type(data).__name__}")
     try:
         shot = Shot.model_validate(data)
     except ValidationError as e:
         raise UserError("\n".join(_error_lines(e, source))) from None
-    _resolve_paths(shot, Path(base_dir), source)
+    if files:
+        _resolve_paths(shot, Path(base_dir), source)
     return shot
 
 
-def load_shot(path: str | Path) -> Shot:
-    """Read and validate a shot TOML file (DESIGN.md section 4). Raises UserError."""
+def load_shot(path: str | Path, *, files: bool = True) -> Shot:
+    """Read and validate a shot TOML file (DESIGN.md section 4); ``files``: see
+    :func:`shot_from_dict`. Raises UserError."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
@@ -532,7 +538,7 @@ def load_shot(path: str | Path) -> Shot:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
-    return shot_from_dict(data, path.resolve().parent, str(path))
+    return shot_from_dict(data, path.resolve().parent, str(path), files=files)
 
 
 def _resolve_paths(shot: Shot, base: Path, source: str) -> None:

@@ -757,7 +757,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
         )
     out = run_dir / "scene.usdc" if out is None else Path(out)
     _check_suffix(out)
-    shot = load_shot(run_dir / "shot.toml")
+    shot = load_shot(run_dir / "shot.toml", files=False)  # the model, mesh, plate may be gone
     pieces = load_npz(run_dir / "fracture" / "pieces.npz", PIECES_FORMAT)
     frames = shot.frame_numbers()
     sims = _sim_frames(run_dir, frames, len(pieces["names"]))

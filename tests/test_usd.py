@@ -421,6 +421,20 @@ def test_export_errors(tmp_path, run):
     (partial / "sim" / "frame.1003.npz").unlink()
     with pytest.raises(UserError, match="2 of the shot's 3 frames.*frame.1003"):
         export_run(partial)
+    # what the run's shot names is gone (a moved mesh, a deleted model): the caches suffice
+    moved = synthetic_run(tmp_path / "moved", pieces=2, frames=3)
+    import tomllib
+
+    from destruct.shot import shot_from_dict
+
+    data = tomllib.loads((moved / "shot.toml").read_text())
+    data["refine"]["model"] = "/nowhere/model"
+    (moved / "shot.toml").write_text(shot_from_dict(data, files=False).to_toml())
+    assert export_run(moved).is_file()
+    # a cache with its label but an array removed: one line naming the file and the array
+    np.savez(moved / "sim" / "frame.1002.npz", format=np.array("destruct.sim/1"))
+    with pytest.raises(UserError, match="frame.1002.npz lacks the array"):
+        export_run(moved)
 
 
 def test_depth_pass_same_through_usd(run):
