@@ -149,3 +149,11 @@ def test_a_byte_order_mark_is_read_as_utf8(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + b'[shot]\nname = "bom"\nframes = 12\n')
     shot = load_shot(path)
     assert shot.shot.name == "bom" and shot.shot.frames == 12
+
+
+def test_at_most_1000_charges():
+    """A list of charges has a limit (5000 charges made prepare run for minutes)."""
+    charge = {"time": 0.1, "position": [0.0, 1.0, 0.0], "radius": 1.0, "impulse": 10.0}
+    with pytest.raises(UserError, match="charges = list: list should have at most 1000 items"):
+        shot_from_dict({"charges": [charge] * 1001})
+    assert len(shot_from_dict({"charges": [charge] * 3}).charges) == 3
