@@ -77,8 +77,13 @@ def run(
     args = {"frames": frames, "backend": backend, "force": force, "quiet": quiet, "ray": ray}
     # stdout carries the --json manifest alone: what libraries print (Taichi's banner) goes to
     # stderr with the stage lines
-    with contextlib.redirect_stdout(sys.stderr):
-        result = _run_with_progress(run_pipeline, s, out, stages, quiet, args)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = _run_with_progress(run_pipeline, s, out, stages, quiet, args)
+    except DestructError as e:
+        if as_json:  # a script reading stdout gets the error as JSON too (and the exit code)
+            print(json.dumps({"error": str(e), "exit_code": e.exit_code}))
+        raise
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     elif not quiet:

@@ -38,6 +38,10 @@ VOLUME_TOL = 1e-9
 WINDING_MAX_PAIRS = 20_000_000
 
 
+#: the sizes a building may have after building.scale [m] (a wrong scale is the usual cause)
+MIN_SIZE, MAX_SIZE = 0.1, 5000.0
+
+
 def points_inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """(n,) bool: ``points`` ((n, 3)) inside the closed ``mesh``.
 
@@ -369,6 +373,13 @@ def load_parts(
     parts = _remove_overlaps(parts, report)
     lo = np.min([p.mesh.bounds[0] for p in parts], axis=0)
     hi = np.max([p.mesh.bounds[1] for p in parts], axis=0)
+    size = float(np.max(hi - lo))
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(
+            f"building.mesh: {path} is {size:.3g} m across at building.scale = {scale:g}; a "
+            f"building is {MIN_SIZE:g} to {MAX_SIZE:g} m: set building.scale to the file's units "
+            "(0.01 for centimetres, 0.001 for millimetres)"
+        )
     origin = np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
     for p in parts:
         p.mesh = trimesh.Trimesh(p.mesh.vertices - origin, p.mesh.faces, process=False)

@@ -192,6 +192,10 @@ def test_bad_arguments(tmp_path):
         load_parts(path, up="x")
     with pytest.raises(UserError, match="building.scale"):
         load_parts(path, scale=0.0)
+    # a unit cube in the wrong units: 1 mm or 10 km across is no building
+    for scale in (1e-3, 1e4):
+        with pytest.raises(UserError, match="m across at building.scale = .*set building.scale"):
+            load_parts(path, scale=scale)
     with pytest.raises(UserError, match="splits into more than 1 parts"):
         load_parts(
             _write_obj(

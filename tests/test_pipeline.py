@@ -450,3 +450,14 @@ def test_python_api_takes_lists_and_checks_arguments_before_writing(tmp_path):
         destruct.prepare(None)
     assert (tmp_path / "a" / "manifest.json").read_text() == before
     assert not (tmp_path / "b").exists()
+
+
+def test_run_json_prints_the_error_as_json_when_the_run_fails(tmp_path, capsys):
+    from destruct.cli import main
+
+    shot = tmp_path / "t.toml"
+    shot.write_text(small().to_toml())
+    code = main(["run", str(shot), "--out", str(tmp_path / "run"), "--json", "--frames", "0:99"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: --frames '0:99'")
+    assert json.loads(out) == {"error": err.strip().removeprefix("error: "), "exit_code": 2}
