@@ -25,7 +25,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
+#: a point of the scene [m]: within 1000 km of the origin (1e308 overflowed the camera maths)
+Coord = Annotated[float, Field(ge=-1e6, le=1e6)]
+Vec3 = Annotated[list[Coord], Field(min_length=3, max_length=3)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 PASS_NAMES = ("beauty", "depth", "normal", "id", "seg", "motion", "occlusion")
