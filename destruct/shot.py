@@ -627,6 +627,15 @@ def _model_ref(base: Path, raw: str, key: str, source: str) -> str:
             )
         return raw
     p = _resolve(base, raw, key, source)
+    if p.is_file():  # a single checkpoint file: pickled ones can run code, others need a folder
+        from refine.models import PICKLED_SUFFIXES  # light: no diffusers, no torch
+
+        pickled = p.suffix.lower() in PICKLED_SUFFIXES
+        raise UserError(
+            f"{source}: {key} = {raw!r} is a {'pickled ' if pickled else ''}weights file; give a "
+            "diffusers model folder with safetensors weights"
+            + (" (pickled weights are refused: loading them can run code)" if pickled else "")
+        )
     if not p.is_dir():
         raise UserError(f"{source}: {key} = {raw!r}: no model folder at {p}")
     return str(p)

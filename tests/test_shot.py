@@ -157,3 +157,11 @@ def test_at_most_1000_charges():
     with pytest.raises(UserError, match="charges = list: list should have at most 1000 items"):
         shot_from_dict({"charges": [charge] * 1001})
     assert len(shot_from_dict({"charges": [charge] * 3}).charges) == 3
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.safetensors"])
+def test_a_model_that_is_a_file_says_a_folder_is_needed(tmp_path, name):
+    (tmp_path / name).write_bytes(b"weights")
+    with pytest.raises(UserError, match="weights file; give a diffusers model folder") as e:
+        shot_from_dict({"refine": {"model": f"./{name}"}}, base_dir=tmp_path)
+    assert ("pickled weights are refused" in str(e.value)) == name.endswith(".ckpt")
