@@ -69,7 +69,6 @@ def run(
 ) -> None:
     """Run the pipeline on a shot (or the bundled default shot)."""
     import destruct
-    from destruct.pipeline import run as run_pipeline
 
     path = shot if shot is not None else destruct.default_shot_path()
     s = destruct.load_shot(path)
@@ -79,7 +78,7 @@ def run(
     # stderr with the stage lines
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = _run_with_progress(run_pipeline, s, out, stages, quiet, args)
+            result = _run_with_progress(s, out, stages, quiet, args)
     except DestructError as e:
         if as_json:  # a script reading stdout gets the error as JSON too (and the exit code)
             print(json.dumps({"error": str(e), "exit_code": e.exit_code}))
@@ -90,8 +89,10 @@ def run(
         print(f"run folder: {result.run_dir}", file=sys.stderr)
 
 
-def _run_with_progress(run_pipeline, s, out, stages, quiet: bool, args: dict):
+def _run_with_progress(s, out, stages, quiet: bool, args: dict):
     """The pipeline under a rich progress bar on stderr (none with --quiet)."""
+    from destruct.pipeline import run as run_pipeline
+
     if quiet:
         return run_pipeline(s, out, stages, **args)
     from rich.console import Console

@@ -7,6 +7,13 @@ and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of a library's exception message (or its type's name), for a one-line
+    user error: libraries go on with advice that would not help here (plugins to install,
+    remote code to allow)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class DestructError(Exception):
     """Base of the errors the CLI reports as one clear message."""
 

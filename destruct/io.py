@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from destruct.errors import UserError
+from destruct.errors import UserError, first_line
 
 TMP_PREFIX = ".tmp-"
 
@@ -159,9 +159,7 @@ def read_image(path: str | os.PathLike, fix: str) -> np.ndarray:
     try:
         return np.asarray(iio.imread(path))
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # a broken PNG: SyntaxError
-        # the first line: imageio goes on to suggest plugins to install, which would not help
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path} is not a readable image ({why}); {fix}") from None
+        raise UserError(f"{path} is not a readable image ({first_line(e)}); {fix}") from None
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

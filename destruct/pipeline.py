@@ -29,6 +29,7 @@ from destruct.stages import (
     StageContext,
     check_owner,
     entry_point,
+    owned_by_other,
 )
 
 ORDER = list(Stage)
@@ -130,12 +131,12 @@ def _frame_list(frames: Any, shot: Shot) -> list[int]:
     frames = list(frames)
     if not all(isinstance(f, numbers.Integral) and not isinstance(f, bool) for f in frames):
         raise TypeError(f"run: frames {frames!r}: frame numbers are whole numbers")
-    inside = set(shot.frame_numbers())
-    outside = sorted({int(f) for f in frames} - inside)
+    wanted, inside = {int(f) for f in frames}, set(shot.frame_numbers())
+    outside = sorted(wanted - inside)
     if outside or not frames:
         lo, hi = min(inside), max(inside)
         raise UserError(f"frames {outside or '[]'}: give frames inside the shot's {lo}:{hi}")
-    return sorted({int(f) for f in frames})
+    return sorted(wanted)
 
 
 def default_out(shot: Shot) -> Path:
@@ -350,7 +351,8 @@ def _lost_frames(shot: Shot, rd: RunDir, stage: Stage, frames: list[int], entry:
     if outputs is None:
         return []
     if stage in PER_FRAME:
-        frames = [f for f in frames if f in set(entry.get("frames_done", []))]
+        done = set(entry.get("frames_done", []))
+        frames = [f for f in frames if f in done]
     elif entry.get("status") != "done":
         return []
     return [f for f in frames if not all((rd.root / p).is_file() for p in outputs(shot, f))]
@@ -402,7 +404,7 @@ def _record(rd: RunDir, name: str, **fields: Any) -> None:
     """Update a stage's entry, unless a run with other inputs owns it now (check_owner)."""
     with rd.update() as m:
         e = m["stages"].setdefault(name, {})
-        if e.get("inputs_hash") not in (None, fields.get("inputs_hash", e.get("inputs_hash"))):
+        if owned_by_other(e, fields.get("inputs_hash", "")):
             return
         e.update(fields)
         if "seconds" in e:

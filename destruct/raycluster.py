@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from destruct.errors import UserError
+from destruct.errors import UserError, first_line
 
 
 def check_address(address: str | None) -> None:
@@ -45,7 +45,7 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Any
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = first_line(e)
         raise UserError(
             f"cannot reach a Ray cluster at {address!r} ({why}); start one with `ray start "
             "--head` or pass --ray local"

@@ -59,10 +59,16 @@ FRAME_OUTPUTS: dict[Stage, Callable[[Shot, int], list[str]]] = {
 }
 
 
+def owned_by_other(entry: dict, inputs_hash: str) -> bool:
+    """Whether a stage entry now belongs to a run with other inputs (another shot took the
+    folder over while this run ran)."""
+    theirs = entry.get("inputs_hash")
+    return bool(inputs_hash and theirs and theirs != inputs_hash)
+
+
 def check_owner(entry: dict, inputs_hash: str, stage: str, root: Path) -> None:
     """Refuse to record into a stage entry that another run, with other inputs, now owns."""
-    theirs = entry.get("inputs_hash")
-    if inputs_hash and theirs and theirs != inputs_hash:
+    if owned_by_other(entry, inputs_hash):
         raise UserError(
             f"another run with other inputs took over the {stage} stage of {root} while this one "
             "ran; this run stops so their frames do not mix: run one shot per folder at a time "

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from destruct.errors import UserError
+from destruct.errors import UserError, first_line
 
 #: Pickle-based weight files that torch would have to unpickle to read: never loaded.
 PICKLED_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -158,7 +158,7 @@ def pull(name: str, cache_dir: str | os.PathLike | None = None) -> list[Path]:
                 "login: hf auth login)"
             ) from None
         except OSError as e:  # no network (LocalEntryNotFoundError), HTTP errors, a full disk
-            why = (str(e).splitlines() or [type(e).__name__])[0]
+            why = first_line(e)
             raise UserError(
                 f"models pull: cannot download {spec.repo} ({why}); run it where huggingface.co "
                 "(or HF_ENDPOINT) is reachable, or copy the model folder here and give its path "

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from destruct.errors import UserError
+from destruct.errors import UserError, first_line
 from refine.models import MissingWeights, check_safetensors, resolve
 
 
@@ -197,7 +197,7 @@ def _load(cls: Any, folder: str | os.PathLike, what: str, **kw: Any) -> Any:
     try:
         loaded = cls.from_pretrained(folder, **kw)
     except (OSError, ValueError, RuntimeError, NotImplementedError, KeyError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = first_line(e)
         if "custom code" in str(e):  # diffusers goes on to advise allowing it: not here
             why = "it names code outside diffusers to run, which destruct never runs"
         raise UserError(
