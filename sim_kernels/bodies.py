@@ -67,48 +67,55 @@ def inv_inertia_world(bf: ti.template(), i) -> mat3:
 
 
 @ti.func
-def w_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, n, angular) -> f64:
+def w_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, n, angular, sa=1.0, sb=1.0) -> f64:
     """Generalised inverse mass of the pair (a, b) for a push along unit n.
 
     angular = 0: a linear push at world offsets ra / rb; 1: a rotation about axis n; 2: a
     push of the centres of mass only (the block solution of a face contact, which the contact's
     corners keep from tilting).
     Bodies that are not movable (fixed, kinematic, asleep, the ground) count as infinite mass.
+    ``sa`` / ``sb`` scale each body's inverse mass and inertia (the contacts' mass scaling,
+    :data:`sim_kernels.solve.MASS_SCALE_PER_M`).
     """
     w = 0.0
     for side in range(2):
         i = a
         r = ra
+        s = sa
         if side == 1:
             i = b
             r = rb
+            s = sb
         if movable(bi, i) != 0:
             Iinv = inv_inertia_world(bf, i)
             if angular == 1:
-                w += n.dot(Iinv @ n)
+                w += s * n.dot(Iinv @ n)
             elif angular == 2:
-                w += bf[i, INVM]
+                w += s * bf[i, INVM]
             else:
                 rn = r.cross(n)
-                w += bf[i, INVM] + rn.dot(Iinv @ rn)
+                w += s * (bf[i, INVM] + rn.dot(Iinv @ rn))
     return w
 
 
 @ti.func
-def apply_pair(bf: ti.template(), bi: ti.template(), a, b, ra, rb, p, angular, velocity):
-    """Apply +p to body a and -p to body b.
+def apply_pair(
+    bf: ti.template(), bi: ti.template(), a, b, ra, rb, p, angular, velocity, sa=1.0, sb=1.0
+):
+    """Apply +p to body a and -p to body b (times ``sa`` and ``sb``).
 
     p: a positional 'impulse' [kg m] (velocity = 0: moves x and q) or an impulse [N s]
-    (velocity = 1: changes v and w); angular as in :func:`w_pair` (1: p is rotational).
+    (velocity = 1: changes v and w); angular as in :func:`w_pair` (1: p is rotational);
+    ``sa`` / ``sb`` as in :func:`w_pair`.
     """
     for side in range(2):
         i = a
         r = ra
-        sign = 1.0
+        sign = sa
         if side == 1:
             i = b
             r = rb
-            sign = -1.0
+            sign = -sb
         if movable(bi, i) != 0:
             Iinv = inv_inertia_world(bf, i)
             lin = bf[i, INVM] * p

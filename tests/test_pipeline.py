@@ -229,7 +229,12 @@ def test_ctrl_c_prints_the_resume_line_records_the_stage_and_resumes(
     shot = tmp_path / "t.toml"
     shot.write_text(small().to_toml())
     args = ["run", str(shot), "--out", str(tmp_path / "run"), "--quiet"]
-    assert main(args) == 130
+    # a shell starts a background job (`pytest &`) with SIGINT ignored: give Python's own back
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(args) == 130
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert capsys.readouterr().err.strip().splitlines()[-1] == INTERRUPTED
     render = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["render"]
     assert render["status"] == "interrupted" and render["frames_done"] == [1, 2]

@@ -70,6 +70,31 @@ def test_incline_sliding_acceleration_matches_coulomb():
     assert abs(a - expected) < 0.05 * expected
 
 
+def test_box_sliding_on_a_moving_slab_feels_coulomb_friction():
+    """A box slides on a slab that slides on frictionless ground: friction decelerates the box
+    at mu g and pushes the slab at mu g m / M. Both bodies move, so the contact's masses are
+    scaled in the position pass (solve.MASS_SCALE_PER_M); the friction must still follow the
+    real load (friction read from the scaled multiplier came out 12 % weak)."""
+    mu, v0 = 0.3, 4.0
+    w = World(backend="cpu", ground_friction=0.0)
+    slab = w.add_body(box(3, 0.25, 1), density=100.0, position=(0, 0.25, 0), friction=mu)
+    top = w.add_body(
+        box(0.25, 0.25, 0.25),
+        density=1000.0,
+        position=(-2, 0.75, 0),
+        velocity=(v0, 0, 0),
+        friction=mu,
+    )
+    m, big_m = 1000.0 * 0.5**3, 100.0 * 6 * 0.5 * 2
+    run(w, 0.25)
+    v1 = w.velocities()[[top, slab], 0]
+    run(w, 0.5)
+    v2 = w.velocities()[[top, slab], 0]
+    assert abs((v1[0] - v2[0]) - mu * G * 0.5) < 0.03 * mu * G * 0.5
+    assert abs((v2[1] - v1[1]) - mu * G * 0.5 * m / big_m) < 0.03 * mu * G * 0.5 * m / big_m
+    assert abs(m * v2[0] + big_m * v2[1] - m * v0) < 1e-3 * m * v0  # frictionless ground
+
+
 def _settle(w: World, seconds: float) -> tuple[float, float]:
     """Step, return (peak kinetic energy, final kinetic energy)."""
     peak = 0.0
