@@ -70,6 +70,13 @@ BEST_CANDIDATE_MAX = 4000
 #: A bit smaller than this fraction of the median volume of the bits it touches in its part
 #: is joined to its largest-contact neighbour (see ``_merge_slivers``).
 SLIVER_FRACTION = 0.25
+#: Most vertices of one collision hull (see simplify_hull). A piece cut from a finely
+#: tessellated curved surface has a hull of hundreds of vertices, and the contact kernels'
+#: cost grows with them: 200 pieces of a 2048-sided tower (hulls of up to 749 vertices)
+#: simulated 12 frames in 129 s, against 14 s for a 64-sided tower; with hulls of 64 vertices
+#: it is 18 s, and no hull is more than 2.6 mm inside its piece (its volume within 0.06 %).
+#: PhysX caps a convex mesh at 255 vertices; Bullet advises under 100.
+MAX_HULL_VERTS = 64
 #: Most times a non-convex piece is halved to build its compound of hulls (2^depth hulls).
 HULL_MAX_DEPTH = 3
 # Geometric tolerances [m]: coplanarity of touching faces, smallest bond area [m^2], ground.
@@ -474,7 +481,7 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
     """
     hull = manifold.hull()
     if hull.volume() <= HULL_RATIO * volume or depth >= HULL_MAX_DEPTH:
-        return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
+        return [simplify_hull(hull.to_mesh64().vert_properties[:, :3])]
     best = None
     for n, d in _cut_planes(manifold):
         # each side may fall apart (the prongs of a U under its bar): one hull per bit
@@ -490,8 +497,37 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
         if best is None or cost < best[0] - 1e-12 * volume:
             best = (cost, halves)
     if best is None:
-        return [np.array(hull.to_mesh64().vert_properties[:, :3], dtype=np.float64)]
+        return [simplify_hull(hull.to_mesh64().vert_properties[:, :3])]
     return [pts for h in best[1] for pts in convex_hulls(h, h.volume(), depth + 1)]
+
+
+def simplify_hull(points: np.ndarray, max_verts: int = MAX_HULL_VERTS) -> np.ndarray:
+    """The vertices of ``points``' convex hull, at most ``max_verts`` of them: quickhull
+    stopped early. From a tetrahedron of extreme points, the vertex farthest outside the hull
+    so far is added until ``max_verts`` are in. The result lies inside the full hull (a piece's
+    neighbours still do not overlap it at rest), off its surface by at most the last distance.
+    """
+    from scipy.spatial import ConvexHull
+
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(pts) <= max_verts:
+        return pts.copy()
+    verts = pts[ConvexHull(pts).vertices]
+    if len(verts) <= max_verts:
+        return verts
+    i = int(np.argmin(verts[:, 0]))
+    j = int(np.argmax(np.linalg.norm(verts - verts[i], axis=1)))
+    axis = (verts[j] - verts[i]) / np.linalg.norm(verts[j] - verts[i])
+    off = verts - verts[i]
+    k = int(np.argmax(np.linalg.norm(off - np.outer(off @ axis, axis), axis=1)))
+    normal = np.cross(axis, verts[k] - verts[i])
+    m = int(np.argmax(np.abs(off @ normal)))
+    chosen = [i, j, k, m]
+    while len(chosen) < max_verts:
+        eq = ConvexHull(verts[chosen]).equations  # n.x + d <= 0 inside
+        outside = (verts @ eq[:, :3].T + eq[:, 3]).max(axis=1)
+        chosen.append(int(np.argmax(outside)))
+    return verts[chosen]
 
 
 def _cut_planes(manifold) -> list[tuple[np.ndarray, float]]:

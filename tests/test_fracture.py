@@ -10,6 +10,7 @@ from destruct.building import Part, box_mesh, build_procedural
 from destruct.errors import UserError
 from destruct.fracture import (
     CHARGE_DETAIL_FACTOR,
+    MAX_HULL_VERTS,
     MAX_PIECES,
     _detail_of,
     allocate_seeds,
@@ -19,6 +20,7 @@ from destruct.fracture import (
     read_fracture,
     run_prepare,
     scene_arrays,
+    simplify_hull,
     weighted_volumes,
     write_fracture,
 )
@@ -303,6 +305,40 @@ def test_far_from_convex_piece_gets_a_compound_of_hulls():
     # a convex piece keeps a single hull equal to itself
     (box,) = fracture_with_seeds([_box_part((0, 0, 0), (1, 1, 1))], [[[0.5] * 3]]).pieces
     assert len(box.hulls) == 1 and ConvexHull(box.hulls[0]).volume == pytest.approx(1.0)
+
+
+def test_simplify_hull_keeps_at_most_max_verts_inside_the_full_hull():
+    """2000 points on a unit sphere: 64 of them, all input points (so inside the full hull),
+    and no input point farther than 0.1 outside their hull (a regular 64-vertex polyhedron
+    misses the sphere by about 0.04); a hull already small enough keeps all its vertices."""
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(2000, 3))
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    out = simplify_hull(pts)
+    assert len(out) == MAX_HULL_VERTS == 64
+    assert (np.abs(out[:, None] - pts[None]).max(axis=2).min(axis=1) == 0).all()
+    eq = ConvexHull(out).equations
+    assert (pts @ eq[:, :3].T + eq[:, 3]).max(axis=1).max() < 0.1
+    assert ConvexHull(out).volume > 0.8 * ConvexHull(pts).volume
+    cube = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
+    inner = np.vstack([cube, rng.random((100, 3))])
+    assert ConvexHull(simplify_hull(inner, 8)).volume == pytest.approx(1.0)
+
+
+def test_a_finely_tessellated_round_tower_gets_small_hulls():
+    """A 1024-sided cylinder's pieces: every hull has at most MAX_HULL_VERTS vertices and
+    stays within 1 cm of the piece's surface (the mass comes from the full piece)."""
+    tower = trimesh.creation.cylinder(radius=3.0, height=4.0, sections=1024)
+    scene = fracture_with_seeds(
+        [Part("tower_00", "part", "concrete", tower)], [[[-1, 0, 0], [1, 0, 0], [0, 1, 1]]]
+    )
+    for p in scene.pieces:
+        (h,) = p.hulls
+        assert 4 <= len(h) <= MAX_HULL_VERTS
+        full = p.mesh.vertices[ConvexHull(p.mesh.vertices).vertices]
+        eq = ConvexHull(h).equations
+        assert (full @ eq[:, :3].T + eq[:, 3]).max(axis=1).max() < 0.01
+    assert sum(p.volume for p in scene.pieces) == pytest.approx(tower.volume, rel=1e-6)
 
 
 def _mesh_of(man):
