@@ -12,8 +12,8 @@ A collapse is chaotic: a mass changed by one part in 1e9 gives another pile, and
 overlap of 4000 pieces at one instant ranged 2.2-10.9 cm over six such runs before contacts
 scaled their masses (sim_kernels.solve.MASS_SCALE_PER_M), 0.25-0.75 cm since: the single
 figure of one run says little. So destruct also runs PERTURBED more times with one piece's
-mass scaled by 1 + 1e-9 (timing only the first run); ``penetration_destruct_worst_m`` is the worst over all its runs, and the
-penetration criterion of ``agrees`` is judged on it.
+mass scaled by 1 + 1e-9 (timing only the first run); ``penetration_destruct_worst_m`` is the
+worst over all its runs, and the penetration criterion of ``agrees`` is judged on it.
 """
 
 from __future__ import annotations

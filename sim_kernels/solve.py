@@ -410,11 +410,6 @@ def _position_unit(
             sa, sb = _mass_scales(bf, bi, kind, fric, a, b)
             wsum = w_pair(bf, bi, a, b, ra, rb, dirn, angular, sa, sb)
             lam = c / wsum
-            # what the friction budgets and the velocity pass read: with scaled masses, the
-            # impulse the lighter-counted upper body feels, which at rest is the weight it puts
-            # on the contact (lam alone made friction on a moving slab 12 % weak, and c over the
-            # unscaled inverse mass 4 % strong)
-            load = lam
             if kind == BOND:  # XPBD with compliance: d lam = (C - a~ lam_sum) / (w + a~)
                 col_l = LPOS
                 col_a = APOS
@@ -424,9 +419,11 @@ def _position_unit(
                 at = bdf[idx, col_a] / (h * h)
                 lam = (c - at * bdf[idx, col_l]) / (wsum + at)
                 bdf[idx, col_l] += lam
-                load = lam
-            elif sa != 1.0 or sb != 1.0:
-                load = lam * ti.max(sa, sb)
+            # what the friction budgets and the velocity pass read: with scaled masses, the
+            # impulse the lighter-counted upper body feels, which at rest is the weight it puts
+            # on the contact (lam alone made friction on a moving slab 12 % weak, and c over the
+            # unscaled inverse mass 4 % strong); lam itself where nothing is scaled
+            load = lam * ti.max(sa, sb)
             if load <= limit:
                 apply_pair(bf, bi, a, b, ra, rb, lam * dirn, angular, 0, sa, sb)
                 if kind == CONTACT:
