@@ -79,6 +79,11 @@ SLIVER_FRACTION = 0.25
 MAX_HULL_VERTS = 64
 #: Most times a non-convex piece is halved to build its compound of hulls (2^depth hulls).
 HULL_MAX_DEPTH = 3
+#: Most candidate planes tried per halving (see ``_cut_planes``). Each try splits the piece,
+#: so the search costs planes x piece size, and a piece of a finely tessellated concave
+#: surface has one plane per facet (a 400-sided groove: 200; a piece of a 311k-face tube:
+#: thousands, about 18 ms a try). The default building's pieces have at most 4.
+MAX_CUT_PLANES = 32
 # Geometric tolerances [m]: coplanarity of touching faces, smallest bond area [m^2], ground.
 PLANE_TOL = 1e-6
 NORMAL_TOL = 1e-6
@@ -396,7 +401,7 @@ class _PartCells:
         margin = 0.01 * float(np.linalg.norm(hi - lo)) + 1e-3
         nbrs = _neighbours(seeds) if len(seeds) > 1 else [np.zeros(0, np.int64)]
         man = _to_manifold(part.mesh, part.name)
-        convex = man.hull().volume() <= (1 + 1e-9) * man.volume()
+        convex = _hull_of(man)[1] <= (1 + 1e-9) * man.volume()
         planes = _face_planes(part.mesh) if convex else None
         if planes is not None and len(planes) > HALFSPACE_MAX_PLANES:
             planes = None  # a finely tessellated convex part (a sphere): booleans are faster
@@ -479,9 +484,9 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
     hulls is the piece, up to the hull slack ``HULL_RATIO`` allows, so hulls of neighbouring
     pieces barely overlap at rest.
     """
-    hull = manifold.hull()
-    if hull.volume() <= HULL_RATIO * volume or depth >= HULL_MAX_DEPTH:
-        return [simplify_hull(hull.to_mesh64().vert_properties[:, :3])]
+    hull, hull_volume = _hull_of(manifold)
+    if hull_volume <= HULL_RATIO * volume or depth >= HULL_MAX_DEPTH:
+        return [simplify_hull(hull)]
     best = None
     for n, d in _cut_planes(manifold):
         # each side may fall apart (the prongs of a U under its bar): one hull per bit
@@ -493,12 +498,29 @@ def convex_hulls(manifold, volume: float, depth: int = 0) -> list[np.ndarray]:
         ]
         if len(halves) < 2:
             continue
-        cost = sum(h.hull().volume() for h in halves)
+        cost = sum(_hull_of(h)[1] for h in halves)
         if best is None or cost < best[0] - 1e-12 * volume:
             best = (cost, halves)
     if best is None:
-        return [simplify_hull(hull.to_mesh64().vert_properties[:, :3])]
+        return [simplify_hull(hull)]
     return [pts for h in best[1] for pts in convex_hulls(h, h.volume(), depth + 1)]
+
+
+def _hull_of(manifold) -> tuple[np.ndarray, float]:
+    """(vertices, volume) of the convex hull of a closed manifold's vertices, by qhull.
+
+    Not ``Manifold.hull()``: on clusters of coplanar points (the facets of a subdivided mesh)
+    its hull can come out non-convex and too large (elalish/manifold#1785, open in 3.5): a
+    convex piece of a 2.5M-face cylinder got a hull 1 % larger than itself, and so a compound
+    search over 1915 planes (31 s) and needless hulls, some of them flat."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    pts = np.asarray(manifold.to_mesh64().vert_properties[:, :3], dtype=np.float64)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # flat or degenerate: no volume to lose
+        return pts, 0.0
+    return pts[hull.vertices], float(hull.volume)
 
 
 def simplify_hull(points: np.ndarray, max_verts: int = MAX_HULL_VERTS) -> np.ndarray:
@@ -555,8 +577,15 @@ def _cut_planes(manifold) -> list[tuple[np.ndarray, float]]:
     # a plane and its opposite cut the same way: one sign per plane
     sign = np.where(n[np.arange(len(n)), np.argmax(np.abs(n), axis=1)] < 0, -1.0, 1.0)
     planes = np.column_stack([n * sign[:, None], d * sign]).reshape(-1, 4)
-    _, first = np.unique(np.round(planes / 1e-7), axis=0, return_index=True)
-    out = [(planes[i, :3], float(planes[i, 3])) for i in np.sort(first)]
+    _, first, group = np.unique(
+        np.round(planes / 1e-7), axis=0, return_index=True, return_inverse=True
+    )
+    order = np.argsort(first)  # the distinct planes in face order
+    planes = planes[first[order]]
+    if len(planes) > MAX_CUT_PLANES:
+        area = np.bincount(group.ravel(), weights=np.linalg.norm(cross[faces], axis=1))[order]
+        planes = planes[_spread(planes, area, scale, MAX_CUT_PLANES)]
+    out = [(pl[:3], float(pl[3])) for pl in planes]
     if out:
         return out
     lo, hi = _bounds(manifold)
@@ -565,6 +594,20 @@ def _cut_planes(manifold) -> list[tuple[np.ndarray, float]]:
         e[axis] = 1.0
         out.append((e, float(0.5 * (lo[axis] + hi[axis]))))
     return out
+
+
+def _spread(planes: np.ndarray, area: np.ndarray, scale: float, k: int) -> np.ndarray:
+    """Indices of ``k`` of ``planes`` ((m, 4) n, d) that spread over all of them: the one of
+    the largest ``area`` first, then each time the plane farthest from those chosen (normals
+    apart plus offsets apart over ``scale``). A finely tessellated concave surface keeps
+    candidates along its whole curve, where the largest areas alone could bunch at one end."""
+    key = np.column_stack([planes[:, :3], planes[:, 3] / max(scale, 1e-12)])
+    chosen = [int(np.argmax(area))]
+    gap = np.linalg.norm(key - key[chosen[0]], axis=1)
+    while len(chosen) < k:
+        chosen.append(int(np.argmax(gap)))
+        gap = np.minimum(gap, np.linalg.norm(key - key[chosen[-1]], axis=1))
+    return np.sort(chosen)
 
 
 def _bounds(manifold) -> tuple[np.ndarray, np.ndarray]:

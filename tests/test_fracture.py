@@ -10,10 +10,14 @@ from destruct.building import Part, box_mesh, build_procedural
 from destruct.errors import UserError
 from destruct.fracture import (
     CHARGE_DETAIL_FACTOR,
+    MAX_CUT_PLANES,
     MAX_HULL_VERTS,
     MAX_PIECES,
+    _cut_planes,
     _detail_of,
+    _hull_of,
     allocate_seeds,
+    convex_hulls,
     fracture_parts,
     fracture_with_seeds,
     prepare,
@@ -305,6 +309,38 @@ def test_far_from_convex_piece_gets_a_compound_of_hulls():
     # a convex piece keeps a single hull equal to itself
     (box,) = fracture_with_seeds([_box_part((0, 0, 0), (1, 1, 1))], [[[0.5] * 3]]).pieces
     assert len(box.hulls) == 1 and ConvexHull(box.hulls[0]).volume == pytest.approx(1.0)
+
+
+def test_a_finely_tessellated_concave_piece_tries_a_bounded_set_of_cut_planes():
+    # a block with a 400-sided round groove: 200 concave-edge planes, one per facet
+    groove = m3.Manifold.cube([2, 2, 1]) - m3.Manifold.cylinder(
+        3, 0.8, circular_segments=400
+    ).translate([1, 1, -1])
+    planes = _cut_planes(groove)
+    assert len(planes) == MAX_CUT_PLANES
+    # spread along the groove: the chosen facet normals turn through most of its half circle
+    angles = np.degrees([np.arctan2(n[1], n[0]) % np.pi for n, _ in planes])
+    assert np.ptp(angles) > 150
+    hulls = convex_hulls(groove, groove.volume())
+    assert 2 <= len(hulls) <= 2**3
+    total = sum(ConvexHull(h).volume for h in hulls)
+    assert groove.volume() * (1 - 1e-9) <= total < 0.75 * _hull_of(groove)[1]
+
+
+def test_a_convex_piece_of_a_subdivided_mesh_keeps_one_hull():
+    m = trimesh.creation.cylinder(radius=1, height=2, sections=96)
+    for _ in range(3):
+        m = m.subdivide()  # coplanar clusters of points on every facet
+    man = m3.Manifold(
+        m3.Mesh(
+            vert_properties=np.asarray(m.vertices, np.float32),
+            tri_verts=np.asarray(m.faces, np.uint32),
+        )
+    ) ^ m3.Manifold.cube([1.5, 1.5, 1.5]).translate([-0.3, -0.2, -0.6])
+    volume = _hull_of(man)[1]
+    assert volume == pytest.approx(man.volume(), rel=1e-6)
+    (hull,) = convex_hulls(man, man.volume())
+    assert len(hull) <= MAX_HULL_VERTS
 
 
 def test_simplify_hull_keeps_at_most_max_verts_inside_the_full_hull():
