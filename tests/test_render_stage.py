@@ -240,21 +240,26 @@ def test_sim_from_another_fracture_or_blown_up_is_a_user_error(tmp_path):
         RenderSetup(away, tmp_path)
 
 
-def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_ground():
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (60.0, -40.0)])
+def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_ground(offset):
     """A unit box on the ground under the sun: the lit top face and lit ground show albedo x
     (sky + sun x cos / pi x 0.96^2) through pyrender's gamma 2.2; the ground where the box
-    blocks the sun shows albedo x sky only."""
+    blocks the sun shows albedo x sky only. The shadow map is fitted to the box wherever it
+    stands on the 100 m ground square (``offset``: its x, z), and ground beyond the map is
+    lit."""
     from destruct.camera import CameraFrame, look_at_rotation
     from destruct.render import gl as G
     from destruct.render.scene import PieceMesh, bodies_from_sim, material_looks
 
-    pc = box_pieces([[0.0, 0.5, 0.0]], [[1.0, 1.0, 1.0]])
+    o = np.array([offset[0], 0.0, offset[1]])
+    pc = box_pieces([o + [0.0, 0.5, 0.0]], [[1.0, 1.0, 1.0]])
     looks = material_looks(pc["material_names"])
     pm = PieceMesh(pc, looks)
-    mesh = pm.pose(bodies_from_sim(sim_frame(1001, [[0.0, 0.5, 0.0]]), 1, 1))
-    pos = np.array([-4.0, 3.0, -4.0])
-    cam = CameraFrame(pos, look_at_rotation(pos, [0.0, 0.3, 0.0]), 35.0, 36.0, 160, 120)
-    gl = G.GLRenderer(160, 120, ground_half_size=50.0, shadow_extent=2.0)
+    mesh = pm.pose(bodies_from_sim(sim_frame(1001, [o + [0.0, 0.5, 0.0]]), 1, 1))
+    pos = o + [-4.0, 3.0, -4.0]
+    cam = CameraFrame(pos, look_at_rotation(pos, o + [0.0, 0.3, 0.0]), 35.0, 36.0, 160, 120)
+    box = (o + [-0.5, 0.0, -0.5], o + [0.5, 1.0, 0.5])
+    gl = G.GLRenderer(160, 120, ground_half_size=100.0, shadow_bounds=box)
     try:
         img = gl.render(mesh, cam, 0.05, 200.0).astype(np.float64)
     finally:
@@ -265,7 +270,7 @@ def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_gr
     sky = np.asarray(G.SKY_AMBIENT)
 
     def pixel(p):
-        uv, _ = cam.project(np.array([p], float))
+        uv, _ = cam.project(np.array([p], float) + o)
         u, v = np.floor(uv[0]).astype(int)
         return img[v, u, :3]
 
@@ -275,9 +280,8 @@ def test_beauty_shading_is_the_diffuse_sun_and_sky_with_the_box_shadow_on_the_gr
     np.testing.assert_allclose(
         pixel([0.0, 1.0, 0.0]), expect(looks[0].color, sky + direct), atol=2.0
     )
-    np.testing.assert_allclose(
-        pixel([1.5, 0.0, -1.5]), expect(G.GROUND_COLOR, sky + direct), atol=2.0
-    )
+    for lit in ([1.5, 0.0, -1.5], [-1.0, 0.0, 2.0]):  # in and beyond the shadow map
+        np.testing.assert_allclose(pixel(lit), expect(G.GROUND_COLOR, sky + direct), atol=2.0)
     # (-0.9, 0, -0.8) + s (0.45, 0.8, 0.4) enters the box at s ~ 0.9: in its shadow
     np.testing.assert_allclose(pixel([-0.9, 0.0, -0.8]), expect(G.GROUND_COLOR, sky), atol=2.0)
 
@@ -294,7 +298,9 @@ def test_colour_only_read_equals_pyrenders_own_read():
     posed = mesh.pose(bodies_from_sim(sim_frame(1001, [[0.0, 0.5, 0.0], [1.2, 0.4, 0.3]]), 2, 2))
     pos = np.array([-4.0, 3.0, -4.0])
     cam = CameraFrame(pos, look_at_rotation(pos, [0.5, 0.3, 0.0]), 35.0, 36.0, 160, 120)
-    gl = G.GLRenderer(160, 120, ground_half_size=50.0, shadow_extent=3.0)
+    gl = G.GLRenderer(
+        160, 120, ground_half_size=50.0, shadow_bounds=([-0.5, 0, -0.5], [1.5, 1, 0.6])
+    )
     try:
         ours = gl.render(posed, cam, 0.05, 200.0)
         del gl._renderer._renderer._read_main_framebuffer  # pyrender's method again
@@ -329,7 +335,7 @@ def test_threaded_stage_writes_what_the_sequential_path_writes(rendered, tmp_pat
         cam.height,
         ground_half_size=setup.ground.half_size,
         ground_center=setup.ground.center,
-        shadow_extent=setup.shadow_extent,
+        shadow_bounds=setup.bounds,
     )
     try:
         rgba = gl.render(r.mesh, cam, 0.05, setup.gl_far)

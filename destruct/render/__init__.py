@@ -107,9 +107,7 @@ class RenderSetup:
                     np.maximum(hi, (rp + rr).max(axis=0)),
                 )
                 max_rubble = max(max_rubble, int(d["rubble_id"].max()))
-        self.bounds = (lo, hi)
-        # the sun's shadow map covers this far around the scene's centre (GLRenderer)
-        self.shadow_extent = float(np.linalg.norm(hi - lo))
+        self.bounds = (lo, hi)  # the sun's shadow map covers them (GLRenderer)
         self.n_bodies = self.mesh.n_pieces + max_rubble + 1
         try:
             self.near, self.far = depth_range(
@@ -348,7 +346,7 @@ def run_render(ctx) -> dict[str, Any]:
                     cam0.height,
                     ground_half_size=setup.ground.half_size,
                     ground_center=setup.ground.center,
-                    shadow_extent=setup.shadow_extent,
+                    shadow_bounds=setup.bounds,
                 ).result()
             with ctx.progress(len(todo), "render") as bar:
                 for f in todo:

@@ -8,11 +8,15 @@ ambient light; colours are the materials' scene-linear albedos as vertex colours
 
 The shaders are destruct's own (``shaders/``, loaded through pyrender's program cache):
 pyrender's physically based shader spends most of a frame on llvmpipe in its 36-read shadow
-filter; ours is the diffuse term with one comparing lookup (a 2x2 bilinear filter), and the
-sun's shadow map is fitted to the moving pieces (``shadow_extent``) instead of the whole ground
-square, so its texels are several times smaller than pyrender's default. At 2000 pieces and
-1280x720 this halves the beauty's time; the images differ from pyrender's by the small
-specular term of these rough materials and by sharper shadows.
+filter; ours is the diffuse term with one comparing lookup (a 2x2 bilinear filter). At 2000
+pieces and 1280x720 this halves the beauty's time; the images differ from pyrender's by the
+small specular term of these rough materials and by sharper shadows.
+
+The sun's shadow map covers the sphere around the moving pieces (``shadow_bounds``), not the
+whole ground square: seen along the sun, a shadow lies over its caster, so nothing outside that
+sphere is ever in shadow (the shader lights whatever falls outside the map). Its texels are
+several times smaller than pyrender's default; it has about 0.8 texels per pixel of the frame's
+width.
 """
 
 from __future__ import annotations
@@ -53,12 +57,18 @@ def _import_pyrender():
     return pyrender
 
 
-def sun_light(extent: float | None = None):
-    """The sun, whose shadow map our shader reads (:data:`SHADER_DIR`); with ``extent``, its
-    orthographic shadow camera covers ``extent`` metres around the scene's centroid, where
-    pyrender places the camera ``scene.scale`` metres up the light; its depth spans from
-    ``extent`` above the centroid to ``3 extent`` below it (shadows fall on the ground beyond
-    the casters), not 0.01-10 scene scales.
+def shadow_map_size(width: int) -> int:
+    """Texels on a side of the sun's shadow map for frames ``width`` pixels wide: 0.8 per
+    pixel, in steps of 256, at least 512 (1024 at 1280x720)."""
+    return max(512, 256 * -(-int(0.8 * width) // 256))
+
+
+def sun_light(radius: float | None = None, size: int | None = None):
+    """The sun, whose shadow map our shader reads (:data:`SHADER_DIR`); with ``radius``, its
+    orthographic shadow camera covers a square ``2 radius`` across (the casters' bounding sphere
+    seen along the sun) and its depth spans from ``radius`` above the shadow camera's centre
+    to ``3 radius`` below it (the ground beyond the casters), not 0.01-10 scene scales;
+    ``size``: texels on a side (pyrender's 2048 by default).
 
     The shadow map compares depths in the sampler (``GL_COMPARE_REF_TO_TEXTURE``, linear
     filtering), so one lookup in the shader is a 2x2 bilinear percentage-closer filter: 8 %
@@ -77,7 +87,7 @@ def sun_light(extent: float | None = None):
             GL.glBindTexture(self.tex_type, 0)
 
     class Sun(pyrender.DirectionalLight):
-        def _generate_shadow_texture(self, size=None):
+        def _generate_shadow_texture(self, size=size):
             size = size or pyrender.constants.SHADOW_TEX_SZ
             linear = pyrender.Sampler(
                 magFilter=GL.GL_LINEAR,
@@ -94,9 +104,9 @@ def sun_light(extent: float | None = None):
             )
 
         def _get_shadow_camera(self, scene_scale):
-            if extent is None:
+            if radius is None:
                 return super()._get_shadow_camera(scene_scale)
-            r = float(extent)
+            r = float(radius)
             return pyrender.OrthographicCamera(
                 xmag=r,
                 ymag=r,
@@ -123,6 +133,30 @@ def _read_color(renderer, scene, flags) -> tuple[np.ndarray, None]:
     return np.flip(np.frombuffer(buf, np.uint8).reshape(h, w, 4), axis=0), None
 
 
+def _fit_shadow_pass(inner, centre: np.ndarray, size: int) -> None:
+    """Point pyrender's renderer ``inner`` at our shadow map: the sun's shadow camera centred on
+    ``centre`` (pyrender centres it on the whole scene's, the ground square's) and a viewport
+    of ``size`` texels (pyrender's is fixed at 2048). pyrender has no hooks for these: the
+    renderer's own methods are wrapped on this instance."""
+    from OpenGL import GL
+
+    def light_matrices(scene, light_node, flags):
+        pose = scene.get_pose(light_node).copy()
+        s = scene.scale
+        proj = light_node.light._get_shadow_camera(s).get_projection_matrix()
+        pose[:3, 3] = centre + pose[:3, 2] * s  # s metres up the light from the centre
+        return np.linalg.inv(pose), proj
+
+    configure = inner._configure_shadow_mapping_viewport
+
+    def viewport(light, flags):
+        configure(light, flags)
+        GL.glViewport(0, 0, size, size)
+
+    inner._get_light_cam_matrices = light_matrices
+    inner._configure_shadow_mapping_viewport = viewport
+
+
 class GLRenderer:
     """Offscreen beauty renderer for one resolution; :meth:`close` frees the GL context."""
 
@@ -133,11 +167,11 @@ class GLRenderer:
         *,
         ground_half_size: float = 0.0,
         ground_center=(0.0, 0.0),
-        shadow_extent: float | None = None,
+        shadow_bounds=None,
     ):
-        """``shadow_extent``: metres around the scene's centre that the sun's shadow map must
-        cover (everything that casts or receives a visible shadow); None covers the whole scene
-        including the ground square (coarse texels)."""
+        """``shadow_bounds``: (lo, hi), the box that every piece and rubble bit stays inside
+        over the shot; the sun's shadow map covers its bounding sphere. None: pyrender's shadow
+        map of the whole scene, ground square included (coarse texels)."""
         pyrender = _import_pyrender()
         from pyrender.shader_program import ShaderProgramCache
 
@@ -165,7 +199,14 @@ class GLRenderer:
             )
             for r in (0.75, 1.0, 1.0)
         ]
-        sun = sun_light(shadow_extent)
+        if shadow_bounds is None:
+            sun = sun_light()
+        else:
+            lo, hi = (np.asarray(b, dtype=np.float64) for b in shadow_bounds)
+            size = shadow_map_size(width)
+            # a few texels of margin: casters on the sphere's rim stay inside the map
+            sun = sun_light(0.5 * float(np.linalg.norm(hi - lo)) * (1 + 4 / size), size)
+            _fit_shadow_pass(inner, (lo + hi) / 2, size)
         from destruct.camera import look_at_rotation
 
         d = np.asarray(SUN_DIRECTION, dtype=np.float64)
