@@ -258,6 +258,11 @@ class Render(_Section):
         list(PASS_NAMES), description="passes to write"
     )
     exr: bool = Field(True, description="write the multi-layer EXR per frame")
+    exr_compression: Literal["zip", "zips", "piz", "rle", "zstd", "none"] = Field(
+        "zip",
+        description="the EXR's lossless codec: zip (every reader), zips, piz, rle (faster, 3x "
+        "larger), zstd (fastest and smallest; readers need OpenEXR 3.4 or newer), none",
+    )
     png: bool = Field(True, description="write the ControlNet-ready PNGs per frame")
     plate: str | None = Field(
         None, description="background plate, #### = frame number, relative to the shot file"

@@ -7,10 +7,14 @@ import pytest
 from _render_synth import box_pieces, sim_frame, write_run
 
 from destruct.render.cryptomatte import crypto_hash, read_manifest
-from destruct.render.exr import CHANNELS, read_exr, read_exr_header, write_exr
+from destruct.render.exr import CHANNELS, CODECS, read_exr, read_exr_header, write_exr
 
 
-def test_exr_round_trip_is_exact(tmp_path):
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_exr_round_trip_is_exact(tmp_path, codec):
+    """Every codec of ``render.exr_compression`` is lossless and named in the header."""
+    import OpenEXR
+
     rng = np.random.default_rng(0)
     layers = {
         "R": rng.random((24, 32)).astype(np.float16),
@@ -20,9 +24,11 @@ def test_exr_round_trip_is_exact(tmp_path):
         "motion.X": rng.normal(size=(24, 32)).astype(np.float32),
         "id": rng.integers(0, 2**32 - 1, (24, 32), dtype=np.uint32),
     }
-    write_exr(tmp_path / "a.exr", layers)
+    write_exr(tmp_path / "a.exr", layers, compression=codec)
     back = read_exr(tmp_path / "a.exr")
     assert set(back) == set(layers)
+    header = read_exr_header(tmp_path / "a.exr")
+    assert header["compression"] == getattr(OpenEXR, CODECS[codec])
     for k, v in layers.items():
         assert back[k].dtype == v.dtype
         np.testing.assert_array_equal(back[k], v)
@@ -31,6 +37,17 @@ def test_exr_round_trip_is_exact(tmp_path):
         chroma, (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290), atol=1e-6
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # atomic: no temp left
+
+
+def test_zstd_on_an_openexr_without_it_names_the_upgrade(tmp_path, monkeypatch):
+    import OpenEXR
+
+    from destruct.errors import UserError
+
+    monkeypatch.delattr(OpenEXR, "ZSTD_COMPRESSION")
+    with pytest.raises(UserError, match=r"exr_compression = 'zstd' needs .*openexr>=3.4.*zip"):
+        write_exr(tmp_path / "a.exr", {"R": np.zeros((2, 2), np.float16)}, compression="zstd")
+    assert not list(tmp_path.iterdir())
 
 
 def test_cryptomatte_hash_known_value_and_no_nan():
@@ -75,6 +92,7 @@ def rendered(tmp_path_factory):
                 "look_at": [1.0, 1.0, 0.0],
                 "resolution": [96, 64],
             },
+            "render": {"exr_compression": "zips"},
         }
     )
     ctx = StageContext(shot=shot, run=RunDir(run), stage=Stage.RENDER, frames=[1001, 1002, 1003])
@@ -83,10 +101,13 @@ def rendered(tmp_path_factory):
 
 
 def test_stage_writes_every_pass_and_records_frames(rendered):
+    import OpenEXR
+
     run, _, ctx, figures = rendered
     assert figures["frames_rendered"] == 3 and 0 < figures["near"] < figures["far"]
     for f in (1001, 1002, 1003):
-        assert (run / "passes" / f"syn.{f:04d}.exr").is_file()
+        header = read_exr_header(run / "passes" / f"syn.{f:04d}.exr")
+        assert header["compression"] == OpenEXR.ZIPS_COMPRESSION  # the shot's codec
         for p in ("beauty", "depth", "normal", "seg"):
             assert (run / "passes" / p / f"syn.{f:04d}.png").is_file()
     assert ctx.run.stage("render")["frames_done"] == [1001, 1002, 1003]

@@ -176,6 +176,7 @@ class FrameWriter:
     far: float
     names: list[str]
     n_pieces: int
+    compression: str = "zip"
 
     def exr(self, frame: int, p: dict[str, np.ndarray]) -> None:
         """``<shot>.<frame>.exr``: every layer of ``passes`` and the Cryptomatte."""
@@ -210,6 +211,7 @@ class FrameWriter:
                 "destruct/frame": str(frame),
                 "destruct/depth_range": f"{self.near} {self.far}",
             },
+            compression=self.compression,
         )
 
     def png(self, frame: int, p: dict[str, np.ndarray]) -> None:
@@ -314,7 +316,14 @@ def run_render(ctx) -> dict[str, Any]:
     last = setup.frames_all[-1]
     cache: dict[int, Any] = {}
     writer = FrameWriter(
-        out_dir, shot.shot.name, passes, setup.near, setup.far, setup.names, setup.mesh.n_pieces
+        out_dir,
+        shot.shot.name,
+        passes,
+        setup.near,
+        setup.far,
+        setup.names,
+        setup.mesh.n_pieces,
+        shot.render.exr_compression,
     )
 
     def raster(f: int):
