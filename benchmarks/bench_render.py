@@ -12,6 +12,8 @@ one-node-per-piece pyrender path, and the two ways to an exact id pass.
   no normals and no motion (it writes zeros there), so the comparison flatters it;
   ``naive_render_only_fps`` leaves out its writes. ``naive_stock_fps`` is the naive path
   with pyrender's own shader (36 shadow-map reads per pixel), as a plain pyrender user gets it.
+- ``exr``: the EXR codec. At 2000 pieces a second row times both paths again with ZSTD EXRs
+  (``render.exr_compression = "zstd"``, for OpenEXR 3.4+ readers): what the default ZIP costs.
 - ``id_raster`` vs ``id_seg``: the exact id pass alone, by the numba rasteriser and by pyrender
   SEG mode (multisampling off, one node per piece), with the share of pixels where they agree.
 
@@ -19,11 +21,13 @@ Pieces are convex hulls of random points (about 13 triangles each) packed in a b
 and turned a little per frame. Frames per second are wall clock, so on a shared machine they
 move with its load (``load_average``): compare the columns of one run. ``cpu_s_per_frame``
 (``time.process_time``, llvmpipe's threads included) is what a farm node running one frame per
-core pays. Where it goes at 2000 pieces, each part alone on one thread: the EXR 0.26 (ZIP
-of 26 channels 0.21, of which the five empty Cryptomatte ranks, ten zero channels, take 0.06
-and the four float motion channels 0.07), the GL beauty 0.13-0.15 (it was 1.0-1.4 with
-pyrender's shader and its 36-read shadow filter), the four PNGs 0.075, the passes 0.035-0.05,
-the exact raster 0.025. The stage overlaps them on four threads, so on two cores a frame
+core pays. Where it goes at 2000 pieces, each part alone on one thread, on a machine of 33-37
+GB/s memory bandwidth (``machine`` in the JSON): the EXR 0.26 (ZIP of 26 channels 0.21, of
+which the five empty Cryptomatte ranks, ten zero channels, take 0.06 and the four float motion
+channels 0.07), the GL beauty 0.13-0.15 (it was 1.0-1.4 with pyrender's shader and its 36-read
+shadow filter), the four PNGs 0.075, the passes 0.035-0.05, the exact raster 0.025. On one of
+18 GB/s every part takes 2-3 times as long (the EXR 0.64, the GL beauty 0.28, the PNGs 0.16)
+and the naive path 4-5 times. The stage overlaps them on four threads, so on two cores a frame
 takes about half their sum.
 """
 
@@ -39,6 +43,7 @@ import numpy as np
 
 W, H = 1280, 720
 SIZES = (500, 2000, 8000)
+ZSTD_SIZE = 2000  # where the render stage is also timed with ZSTD EXRs (exr_compression)
 N_SHAPES = 16
 
 
@@ -130,7 +135,16 @@ def _shot(dims, frames: int):
 
 
 def _naive(
-    shot, pieces, meshes, frames, repeat: int, out_dir: Path, setup, *, stock: bool = False
+    shot,
+    pieces,
+    meshes,
+    frames,
+    repeat: int,
+    out_dir: Path,
+    setup,
+    *,
+    stock: bool = False,
+    codec: str = "zip",
 ) -> dict:
     """The naive path per frame: one pyrender node per piece, its pose set each frame; a shaded
     render with shadows (beauty and depth), a SEG render for the ids and one for the seg classes,
@@ -177,7 +191,14 @@ def _naive(
     out: dict = {"render": 0.0, "seg": 0.0}
     zeros2 = np.zeros((H, W, 2), np.float32)
     writer = FrameWriter(
-        out_dir, "naive", list(shot.render.passes), setup.near, setup.far, setup.names, len(nodes)
+        out_dir,
+        "naive",
+        list(shot.render.passes),
+        setup.near,
+        setup.far,
+        setup.names,
+        len(nodes),
+        codec,
     )
     jobs: list = []
     # the same overlap as the render stage: frame k's files are written on two threads while
@@ -239,16 +260,43 @@ def _naive(
     return out
 
 
+def _ours(shot, run, frames: list[int], codec: str) -> tuple[float, float]:
+    """Wall and CPU seconds per frame of the render stage over ``frames`` (rendered afresh)."""
+    from destruct.render import run_render
+    from destruct.stages import Stage, StageContext
+
+    render = shot.render.model_copy(update={"exr_compression": codec})
+    shot = shot.model_copy(update={"render": render})
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_render(StageContext(shot=shot, run=run, stage=Stage.RENDER, frames=frames, force=True))
+    return (time.perf_counter() - t0) / len(frames), (time.process_time() - c0) / len(frames)
+
+
+def _versus(ours: float, ours_cpu: float, naive: dict, codec: str) -> dict:
+    """The fields comparing the render stage (seconds a frame) with the naive path's run."""
+    return {
+        "exr": codec,
+        "fps": round(1.0 / ours, 3),
+        "naive_fps": round(1.0 / naive["total"], 3),
+        "speedup": round(naive["total"] / ours, 2),
+        "naive_render_only_fps": round(1.0 / naive["render"], 3),
+        "cpu_s_per_frame": round(ours_cpu, 3),
+        "naive_cpu_s_per_frame": round(naive["cpu"], 3),
+    }
+
+
 def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]:
+    import OpenEXR
+
     from destruct.io import save_npz
-    from destruct.render import RenderSetup, run_render
+    from destruct.render import RenderSetup
     from destruct.render.passes import Ground, raster_frame
     from destruct.rundir import RunDir
-    from destruct.stages import Stage, StageContext
     from tests._render_synth import sim_frame
 
     sizes = sizes or (SIZES[:2] if quick else SIZES)
     n_frames = 3 if quick else 9
+    reps = 2 if quick else 3
     records = []
     for n in sizes:
         load = round(os.getloadavg()[0], 2)  # other work sharing the cores
@@ -266,49 +314,34 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
                     **sim_frame(1001 + k, pos, q),
                 )
             run = RunDir(run_dir)
-            run_render(
-                StageContext(shot=shot, run=run, stage=Stage.RENDER, frames=[1001])
-            )  # warm-up
+            _ours(shot, run, [1001], "zip")  # warm-up: numba compile, GL context
             todo = list(range(1002, 1001 + n_frames))
-            t0, c0 = time.perf_counter(), time.process_time()
-            run_render(StageContext(shot=shot, run=run, stage=Stage.RENDER, frames=todo))
-            ours = (time.perf_counter() - t0) / len(todo)
-            ours_cpu = (time.process_time() - c0) / len(todo)
+            ours, ours_cpu = _ours(shot, run, todo, "zip")
             setup = RenderSetup(shot, run_dir)
             bodies, _ = setup.load(1001)
             mesh = setup.mesh.pose(bodies)
             t0 = time.perf_counter()
-            reps = 3
-            for _ in range(reps):
+            for _ in range(3):
                 ras = raster_frame(
                     mesh, bodies, setup.cameras[1001], Ground()
                 )  # ids only: no ground
-            t_raster = (time.perf_counter() - t0) / reps
-            naive = _naive(
-                shot, pieces, meshes, frames, 2 if quick else 3, run_dir / "naive", setup
-            )
-            stock = _naive(
-                shot,
-                pieces,
-                meshes,
-                frames,
-                2 if quick else 3,
-                run_dir / "stock",
-                setup,
-                stock=True,
-            )
+            t_raster = (time.perf_counter() - t0) / 3
+            naive = _naive(shot, pieces, meshes, frames, reps, run_dir / "naive", setup)
+            stock = _naive(shot, pieces, meshes, frames, reps, run_dir / "stock", setup, stock=True)
+            zstd = None
+            if n == ZSTD_SIZE and hasattr(OpenEXR, "ZSTD_COMPRESSION"):
+                zstd = (
+                    *_ours(shot, run, todo, "zstd"),
+                    _naive(
+                        shot, pieces, meshes, frames, reps, run_dir / "zstd", setup, codec="zstd"
+                    ),
+                )
         agree = float(np.mean(naive["ids"] == ras.ids))
+        base = {"name": "all_passes_720p", "pieces": n, "triangles": len(mesh.tri_body)}
         records.append(
             {
-                "name": "all_passes_720p",
-                "pieces": n,
-                "triangles": len(mesh.tri_body),
-                "fps": round(1.0 / ours, 3),
-                "naive_fps": round(1.0 / naive["total"], 3),
-                "speedup": round(naive["total"] / ours, 2),
-                "naive_render_only_fps": round(1.0 / naive["render"], 3),
-                "cpu_s_per_frame": round(ours_cpu, 3),
-                "naive_cpu_s_per_frame": round(naive["cpu"], 3),
+                **base,
+                **_versus(ours, ours_cpu, naive, "zip"),
                 "naive_stock_fps": round(1.0 / stock["total"], 3),
                 "speedup_vs_stock": round(stock["total"] / ours, 2),
                 "id_raster_ms": round(1000 * t_raster, 1),
@@ -317,6 +350,8 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> list[dict]
                 "load_average": load,
             }
         )
+        if zstd is not None:
+            records.append({**base, **_versus(*zstd, "zstd"), "load_average": load})
     return records
 
 
