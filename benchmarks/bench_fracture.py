@@ -36,7 +36,8 @@ def _case(shot, name: str, threads: int) -> dict:
 
 def run(quick: bool = False) -> list[dict]:
     """The bundled default shot's building (6 floors, 3 x 2 bays, windows), 800 pieces, with 1
-    thread and with all cores, and a high-poly imported mesh; quick: 200 pieces, no import."""
+    thread and with all cores, and two high-poly imported meshes (convex, concave); quick: 200
+    pieces, no import."""
     import destruct.fracture  # noqa: F401  (imports are not part of the timed body)
     from destruct import default_shot_path, load_shot
 
@@ -48,7 +49,7 @@ def run(quick: bool = False) -> list[dict]:
     if cores > 1:
         records.append(_case(shot, "default_building", cores))
     if not quick:
-        records.append(_imported_sphere(cores))
+        records += [_imported_sphere(cores), _imported_tube(cores)]
     return records
 
 
@@ -68,6 +69,26 @@ def _imported_sphere(threads: int) -> dict:
             {"building": {"mesh": "ball.ply"}, "fracture": {"pieces": 100}}, Path(tmp)
         )
         return {**_case(shot, "imported_sphere_81920_tris", threads), "triangles": 81920}
+
+
+def _imported_tube(threads: int) -> dict:
+    """A finely tessellated concave import: a 512-sided thick tube (16,384 triangles, PLY),
+    50 pieces, each an arc whose hull bulges into the tube's hollow: what its compound of
+    hulls costs (``hulls``: at most 2^HULL_MAX_DEPTH = 8 a piece)."""
+    import tempfile
+    from pathlib import Path
+
+    import trimesh
+
+    from destruct.shot import shot_from_dict
+
+    tube = trimesh.creation.annulus(r_min=4.0, r_max=5.0, height=8.0, sections=512).subdivide()
+    with tempfile.TemporaryDirectory() as tmp:
+        tube.export(Path(tmp) / "tube.ply")
+        shot = shot_from_dict(
+            {"building": {"mesh": "tube.ply", "up": "z"}, "fracture": {"pieces": 50}}, Path(tmp)
+        )
+        return {**_case(shot, "imported_tube_16384_tris", threads), "triangles": len(tube.faces)}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from destruct.building import Part, box_mesh, build_procedural
 from destruct.errors import UserError
 from destruct.fracture import (
     CHARGE_DETAIL_FACTOR,
+    HULL_MAX_DEPTH,
     MAX_CUT_PLANES,
     MAX_HULL_VERTS,
     MAX_PIECES,
@@ -325,6 +326,25 @@ def test_a_finely_tessellated_concave_piece_tries_a_bounded_set_of_cut_planes():
     assert 2 <= len(hulls) <= 2**3
     total = sum(ConvexHull(h).volume for h in hulls)
     assert groove.volume() * (1 - 1e-9) <= total < 0.75 * _hull_of(groove)[1]
+
+
+def test_an_arc_of_a_finely_tessellated_tube_halves_into_arcs_not_crumbs():
+    """A 60-degree arc of a 512-sided thick tube: each cut adds one hull (across the arc, not
+    along a facet's plane, which cuts off both horns: 15 hulls, some of 0.06 % of the arc), so
+    2^HULL_MAX_DEPTH arcs of similar size, their hulls 0.5 % more than the arc (its single
+    hull: 31 %)."""
+    tube = m3.Manifold.cylinder(2, 5, circular_segments=512) - m3.Manifold.cylinder(
+        2, 4, circular_segments=512
+    )
+    # x, y >= 0 and the same quarter turned -30 degrees: the arc from 0 to 60 degrees
+    arc = tube ^ m3.Manifold.cube([6, 6, 2]) ^ m3.Manifold.cube([6, 6, 2]).rotate([0, 0, -30])
+    volume = arc.volume()
+    assert _hull_of(arc)[1] > 1.3 * volume
+    hulls = convex_hulls(arc, volume)
+    assert len(hulls) == 2**HULL_MAX_DEPTH
+    sizes = np.array([ConvexHull(h).volume for h in hulls])
+    assert sizes.min() > 0.5 * volume / len(hulls)
+    assert volume * (1 - 1e-9) <= sizes.sum() < 1.006 * volume
 
 
 def test_a_convex_piece_of_a_subdivided_mesh_keeps_one_hull():
