@@ -8,7 +8,7 @@ one-node-per-piece pyrender path, and the two ways to an exact id pass.
 - ``naive``: the same frame with one pyrender node per piece (nodes share their meshes, the
   best case for it): pose updates, the shaded render with shadows (the stage's shaders, so the
   comparison is about the drawing), a SEG render for the ids and one for the seg classes, and
-  the same files written on two threads while the next frame renders, as the stage does. It has
+  the same files written on two threads while the next frames render, as the stage does. It has
   no normals and no motion (it writes zeros there), so the comparison flatters it;
   ``naive_render_only_fps`` leaves out its writes. ``naive_stock_fps`` is the naive path
   with pyrender's own shader (36 shadow-map reads per pixel), as a plain pyrender user gets it.
@@ -157,7 +157,7 @@ def _naive(
     from pyrender.shader_program import ShaderProgramCache
 
     from destruct.camera import look_at_rotation
-    from destruct.render import FrameWriter
+    from destruct.render import FRAMES_IN_FLIGHT, FrameWriter
     from destruct.render.gl import SHADER_DIR, sun_light
     from destruct.render.passes import u8_to_linear
     from destruct.render.scene import material_looks, quat_to_matrix
@@ -200,13 +200,14 @@ def _naive(
         len(nodes),
         codec,
     )
-    jobs: list = []
-    # the same overlap as the render stage: frame k's files are written on two threads while
-    # frame k + 1 renders; the timed span ends when the last frame's files are on disk
+    in_flight: list[list] = []  # the write jobs of the frames being written, oldest first
+    # the same overlap as the render stage: the files of the last FRAMES_IN_FLIGHT frames are
+    # written on two threads while the next renders; the timed span ends when the last frame's
+    # files are on disk
     with ThreadPoolExecutor(2) as writers:
         for k in range(repeat + 1):
             if k == 1:
-                for j in jobs:
+                for j in in_flight.pop():
                     j.result()
                 t_start, cpu_start = time.perf_counter(), time.process_time()
             pos, q = frames[k % len(frames)]
@@ -241,19 +242,23 @@ def _naive(
                 "back": zeros2,
                 "occlusion": np.zeros((H, W), np.float32),
             }
-            for j in jobs:
-                j.result()
-            jobs = [
-                writers.submit(writer.exr, 1001 + k, passes),
-                writers.submit(writer.png, 1001 + k, passes),
-            ]
+            if len(in_flight) == FRAMES_IN_FLIGHT:
+                for j in in_flight.pop(0):
+                    j.result()
+            in_flight.append(
+                [
+                    writers.submit(writer.exr, 1001 + k, passes),
+                    writers.submit(writer.png, 1001 + k, passes),
+                ]
+            )
             if k == 0:
                 out["ids"] = id_img
             else:
                 out["render"] += (t3 - t0) / repeat
                 out["seg"] += (t2 - t1) / repeat
-        for j in jobs:
-            j.result()
+        for jobs in in_flight:
+            for j in jobs:
+                j.result()
     out["total"] = (time.perf_counter() - t_start) / repeat
     out["cpu"] = (time.process_time() - cpu_start) / repeat
     r.delete()
