@@ -13,7 +13,7 @@ one-node-per-piece pyrender path, and the two ways to an exact id pass.
   ``naive_render_only_fps`` leaves out its writes. ``naive_stock_fps`` is the naive path
   with pyrender's own shader (36 shadow-map reads per pixel), as a plain pyrender user gets it.
 - ``exr``: the EXR codec. At 2000 pieces a second row times both paths again with ZSTD EXRs
-  (``render.exr_compression = "zstd"``, for OpenEXR 3.4+ readers): what the default ZIP costs.
+  (``render.exr_compression = "zstd"``, for OpenEXR 3.5+ readers): what the default ZIP costs.
 - ``id_raster`` vs ``id_seg``: the exact id pass alone, by the numba rasteriser and by pyrender
   SEG mode (multisampling off, one node per piece), with the share of pixels where they agree.
 

@@ -261,7 +261,7 @@ class Render(_Section):
     exr_compression: Literal["zip", "zips", "piz", "rle", "zstd", "none"] = Field(
         "zip",
         description="the EXR's lossless codec: zip (every reader), zips, piz, rle (faster, 3x "
-        "larger), zstd (fastest and smallest; readers need OpenEXR 3.4 or newer), none",
+        "larger), zstd (fastest and smallest; readers need OpenEXR 3.5 or newer), none",
     )
     png: bool = Field(True, description="write the ControlNet-ready PNGs per frame")
     plate: str | None = Field(
