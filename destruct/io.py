@@ -66,18 +66,46 @@ def temp_prefix(name: str) -> str:
     return f"{TMP_PREFIX}{name}~{socket.gethostname()}~{os.getpid()}~"
 
 
+def this_process() -> dict[str, Any]:
+    """Host name, PID and start time of this process, as a run records its owner
+    (:func:`process_alive`)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22), so a
+    PID the system has since given to another process is told apart; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # fields after "(comm)" start at field 3
+
+
+def process_alive(host: object, pid: object, started: object = None) -> bool | None:
+    """Whether process ``pid`` of ``host`` (started at ``started``, :func:`this_process`) still
+    runs; None when that cannot be told: another host (a farm node), or not a host name and a
+    PID (an old or hand-edited record)."""
+    if host != socket.gethostname() or type(pid) is not int or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        pass
+    now = _start_time(pid) if type(started) is int else None
+    return now is None or now == started
+
+
 def _writer_is_gone(p: Path) -> bool:
     """True when ``p`` was made on this host by a process that no longer runs."""
     parts = p.name.split("~")
-    if len(parts) < 4 or parts[-3] != socket.gethostname() or not parts[-2].isdigit():
-        return False
-    try:
-        os.kill(int(parts[-2]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
-    return False
+    return (
+        len(parts) >= 4
+        and parts[-2].isdigit()
+        and process_alive(parts[-3], int(parts[-2])) is False
+    )
 
 
 def _unlink_quietly(p: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from destruct import resources
 from destruct.errors import DestructError, StageSkipped, UserError
-from destruct.io import atomic_write_bytes, remove_stale_temps
+from destruct.io import atomic_write_bytes, process_alive, remove_stale_temps, this_process
 from destruct.rundir import MANIFEST_FORMAT, RunDir
 from destruct.shot import Shot
 from destruct.stages import (
@@ -203,6 +203,8 @@ def run(
     if force and (kept := rd.set_aside_damaged()):
         say(f"warning: {rd.manifest_path} did not read: kept as {kept.name}; starting it over")
 
+    for stage in stages:  # before the shot and its hash are written over another run's
+        _check_takeover(rd, stage, inputs_hash(shot, stage), force)
     with rd.update() as m:
         m["format"] = MANIFEST_FORMAT
         m["shot"] = shot.shot.name
@@ -258,15 +260,10 @@ def _run_stage(
     resources.check(shot, stage, backend=backend)
     stage_frames = frame_list if stage in PER_FRAME else shot.frame_numbers()
     same_inputs = entry.get("inputs_hash") == h
-    if not same_inputs and entry.get("status") == "running" and not force:
-        raise UserError(
-            f"the {name} stage of {rd.root} is running for other inputs (another destruct run "
-            "with a different shot?); wait for it or use another --out, or re-run with --force "
-            "if no other run is alive (a killed run leaves it marked running)"
-        )
+    _check_takeover(rd, stage, h, force)
     if not same_inputs or force:
         with rd.update() as m:
-            m["stages"][name] = {"status": "running", "inputs_hash": h, "frames_done": []}
+            m["stages"][name] = {"inputs_hash": h, "frames_done": []}
     elif lost := _lost_frames(shot, rd, stage, stage_frames, entry):
         # files deleted since they were recorded: redo those frames (simulate resumes from the
         # last checkpoint before the first hole)
@@ -285,6 +282,7 @@ def _run_stage(
             _export_usd(rd, say)  # usd switched on after the simulation ran
         return False
 
+    _record(rd, name, status="running", inputs_hash=h, owner=this_process())
     ctx = StageContext(
         shot=shot,
         run=rd,
@@ -342,6 +340,30 @@ def _run_stage(
     if stage is Stage.SIMULATE and shot.output.usd:
         _export_usd(rd, say)
     return True
+
+
+def _check_takeover(rd: RunDir, stage: Stage, h: str, force: bool) -> None:
+    """Refuse to start ``stage`` (inputs hash ``h``) when a run with other inputs has marked it
+    running: always while that run's process is alive on this host, and without ``force`` when
+    that cannot be told (a killed run leaves its stage marked running; a farm node's process is
+    not visible here)."""
+    name, entry = stage.value, rd.stage(stage.value)
+    if entry.get("status") != "running" or entry.get("inputs_hash") == h:
+        return
+    owner = entry.get("owner") if isinstance(entry.get("owner"), dict) else {}
+    alive = process_alive(owner.get("host"), owner.get("pid"), owner.get("started"))
+    if alive:
+        raise UserError(
+            f"the {name} stage of {rd.root} is being run for other inputs by process "
+            f"{owner['pid']} on this host; --force only takes over the stage of a run that is "
+            "gone: wait for that run or stop it, or use another --out"
+        )
+    if alive is None and not force:
+        raise UserError(
+            f"the {name} stage of {rd.root} is running for other inputs (another destruct run "
+            "with a different shot?); wait for it or use another --out, or re-run with --force "
+            "if no other run is alive (a killed run leaves it marked running)"
+        )
 
 
 def _lost_frames(shot: Shot, rd: RunDir, stage: Stage, frames: list[int], entry: dict) -> list[int]:

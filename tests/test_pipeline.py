@@ -344,10 +344,19 @@ def test_cli_run_without_a_shot_runs_the_bundled_default_into_renders_default(tm
     assert destruct.load_shot(run_dir / "shot.toml").hash() == m["shot_hash"]
 
 
+def _move_owner_to(run_dir, stage: str, host: str, pid: int, started=None) -> None:
+    """Make the manifest say that ``stage`` is run by process ``pid`` of ``host``."""
+    path = run_dir / "manifest.json"
+    m = json.loads(path.read_text())
+    m["stages"][stage]["owner"] = {"host": host, "pid": pid, "started": started}
+    path.write_text(json.dumps(m))
+
+
 def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monkeypatch):
-    """Shot A renders; shot B (another camera) on the same folder is refused while A's render
-    is running; when B forces its way in anyway, A stops at its next frame instead of recording
-    its frames as B's, and B's record stays B's."""
+    """Shot A renders on a farm node; shot B (another camera) on the same folder is refused
+    while A's render is running; when B forces its way in anyway (A's process is not visible
+    from B's host), A stops at its next frame instead of recording its frames as B's, and B's
+    record stays B's."""
     from destruct.pipeline import inputs_hash
 
     a, b = small(), small(camera={"focal_mm": 50.0})
@@ -356,6 +365,7 @@ def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monk
     def render_a_while_b_starts(ctx):
         for f in ctx.frames_todo():
             if f == 2 and "refused" not in state:
+                _move_owner_to(tmp_path, "render", "farm-node-7", 1234)
                 with pytest.raises(UserError, match="running for other inputs"):
                     run(b, tmp_path, "render", frames="1:1")
                 state["refused"] = True
@@ -372,6 +382,70 @@ def test_a_run_with_other_inputs_cannot_take_over_a_running_stage(tmp_path, monk
     with pytest.raises(UserError, match="another run with other inputs took over the render"):
         run(a, tmp_path, "prepare,simulate,render")
     render = json.loads((tmp_path / "manifest.json").read_text())["stages"]["render"]
+    assert render["inputs_hash"] == inputs_hash(b, Stage.RENDER)
+    assert render["status"] == "done" and render["frames_done"] == [1, 2, 3, 4]
+
+
+def test_force_does_not_take_over_a_stage_whose_run_is_alive_on_this_host(tmp_path, monkeypatch):
+    """While A's render runs in a live process here, B's --force is refused too, naming the
+    process, before it writes anything; A's frames stay A's and it finishes."""
+    import os
+
+    from destruct.pipeline import inputs_hash
+
+    a, b = small(), small(camera={"focal_mm": 50.0})
+    seen = {}
+
+    def render_a_while_b_forces(ctx):
+        for f in ctx.frames_todo():
+            if f == 2:
+                with pytest.raises(UserError) as e:
+                    run(b, tmp_path, "render", force=True)
+                seen["message"] = str(e.value)
+                # the refused run wrote nothing over A's: not its shot, not the shot's hash
+                assert (tmp_path / "shot.toml").read_text() == a.to_toml()
+                assert json.loads((tmp_path / "manifest.json").read_text())["shot_hash"] == a.hash()
+            ctx.path("passes", f"{f}.txt").write_text("A")
+            ctx.frame_done(f)
+        return {}
+
+    monkeypatch.setattr("test_pipeline.fake_render_a", render_a_while_b_forces, raising=False)
+    monkeypatch.setitem(stage_registry.ENTRY_POINTS, Stage.RENDER, "test_pipeline:fake_render_a")
+    run(a, tmp_path, "prepare,simulate,render")
+    assert f"by process {os.getpid()} on this host" in seen["message"]
+    assert "--force only takes over the stage of a run that is gone" in seen["message"]
+    render = json.loads((tmp_path / "manifest.json").read_text())["stages"]["render"]
+    assert render["inputs_hash"] == inputs_hash(a, Stage.RENDER)
+    assert render["status"] == "done" and render["frames_done"] == [1, 2, 3, 4]
+    assert {p.read_text() for p in (tmp_path / "passes").glob("*.txt")} == {"A"}
+
+
+@pytest.mark.parametrize("gone", ["exited", "pid reused"])
+def test_a_stage_left_running_by_a_gone_process_here_is_taken_over_without_force(tmp_path, gone):
+    """A run killed on this host leaves its stage marked running; another shot's run sees that
+    its process is gone (or that its PID now belongs to a process started later) and takes the
+    stage over without --force."""
+    import socket
+    import subprocess
+
+    from destruct.io import this_process
+    from destruct.pipeline import inputs_hash
+
+    a, b = small(), small(camera={"focal_mm": 50.0})
+    run(a, tmp_path, "prepare,simulate")
+    path = tmp_path / "manifest.json"
+    m = json.loads(path.read_text())
+    m["stages"]["render"] = {"status": "running", "inputs_hash": "A", "frames_done": [1]}
+    path.write_text(json.dumps(m))
+    if gone == "exited":
+        p = subprocess.Popen(["true"])
+        p.wait()
+        _move_owner_to(tmp_path, "render", socket.gethostname(), p.pid)
+    else:  # this process, but recorded as started earlier: the PID was reused
+        me = this_process()
+        _move_owner_to(tmp_path, "render", me["host"], me["pid"], me["started"] - 1)
+    run(b, tmp_path, "render")
+    render = json.loads(path.read_text())["stages"]["render"]
     assert render["inputs_hash"] == inputs_hash(b, Stage.RENDER)
     assert render["status"] == "done" and render["frames_done"] == [1, 2, 3, 4]
 
