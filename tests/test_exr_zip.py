@@ -59,6 +59,8 @@ def test_same_header_as_openexr_and_exact_pixels(tmp_path, compression, size):
         "cryptomatte/3ae39a5/name": "CryptoObject",
         "destruct/frame": "1001",
         "a_name_longer_than_thirty_one_bytes": "sets the long-names bit",
+        "n": 3,
+        "x": 0.5,
     }
     ours = exr_zip.encode(
         channels,
