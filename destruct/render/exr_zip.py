@@ -3,10 +3,10 @@
 OpenEXR's own ZIP encoder takes 0.45-0.65 CPU s (with the machine's day) for a 2000-piece
 1280x720 frame (26 channels, 81 MB raw), most of it in two byte-at-a-time loops (the byte
 reordering and the delta predictor) and in libdeflate; on two cores that alone kept the render
-stage under 2 frames a second. The codec is defined by those two steps and one zlib stream per chunk (16 scanlines;
-ZIPS: 1), so any zlib encoder writes the same format. Here both steps are one numba pass and
-the streams come from ISA-L (python-isal): about 0.1 s in all, for files about 5 % larger
-than OpenEXR's at its default level.
+stage under 2 frames a second. The codec is defined by those two steps and one zlib stream per
+chunk (16 scanlines; ZIPS: 1), so any zlib encoder writes the same format. Here both steps are
+one numba pass and the streams come from ISA-L (python-isal): about 0.1 s in all, for files
+about 5 % larger than OpenEXR's at its default level.
 
 The container is OpenEXR's file layout for a single-part scanline image
 (https://openexr.com/en/latest/OpenEXRFileLayout.html): magic and version, the header's
